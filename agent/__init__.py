@@ -1,0 +1,1 @@
+"""phyloop agent: the LangGraph loop, the CLI, the dashboard, planning and refinement."""

@@ -1,0 +1,1 @@
+"""phyloop policy: generators, LoRA, objectives and the trainer (no LangGraph, no SQL)."""

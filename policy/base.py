@@ -1,0 +1,86 @@
+"""The Generator interface: the seam between the loop and any video model.
+
+Every backend (the built-in world's tiny pixel-space generator, Wan2.1 through diffusers)
+exposes a `WanTransformer3DModel`-style denoiser that predicts the rectified-flow velocity
+`v(x_t, t, c) ≈ x1 − x0` for `x_t = (1 − t)·x0 + t·x1`, `x1 ~ N(0, I)`, `t ∈ [0, 1]`.
+The trainer and the objectives only ever see this interface, so they cannot depend on
+which backend they train.
+
+Conventions
+- videos: ``np.uint8`` arrays shaped ``(T, H, W, 3)``.
+- latents: ``torch.float32`` tensors shaped ``(C, T', H', W')`` (one clip) or
+  ``(B, C, T', H', W')`` (a batch) in the model's own space (pixels in [−1, 1] for the
+  tiny generator, VAE latents for Wan).
+- text conditioning: ``(L, D)`` per prompt (``(B, L, D)`` batched), already padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Generated:
+    """One generated clip and what training needs to use it without re-encoding."""
+
+    prompt: str
+    seed: int
+    video: np.ndarray  # uint8 (T, H, W, 3)
+    latent: torch.Tensor  # (C, T', H', W') float32, CPU
+    text: torch.Tensor  # (L, D) float32, CPU: the conditioning it was generated with
+
+
+@dataclass
+class TrainingInputs:
+    """Latents and conditioning for a list of videos under a list of prompts."""
+
+    latents: torch.Tensor  # (B, C, T', H', W')
+    text: torch.Tensor  # (B, L, D)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What the loop needs from a video model."""
+
+    name: str
+    transformer: torch.nn.Module  # the LoRA-carrying denoiser (WanTransformer3DModel)
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], group_size: int) -> list[list[Generated]]:
+        """For each prompt, ``group_size`` clips; clip ``j`` of prompt ``i`` uses ``seeds[i] + j``."""
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text conditioning ``(B, L, D)``."""
+
+    def encode_videos(self, videos: Sequence[np.ndarray]) -> torch.Tensor:
+        """Latents ``(B, C, T', H', W')`` of uint8 videos (real videos use the same encoder)."""
+
+    def training_inputs(self, videos: Sequence[np.ndarray], prompts: Sequence[str]) -> TrainingInputs: ...
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Predicted velocity for a batch; ``t`` in [0, 1] shaped ``(B,)``."""
+
+    def save_adapter(self, path: Path) -> None: ...
+
+    def load_adapter(self, path: Path) -> None: ...
+
+
+@dataclass
+class GroupSample:
+    """One training group: a winner and m losers under the same prompt conditioning.
+
+    ``loser_sa``/``loser_pc`` are the judge's normalised scores in [0, 1] of each loser,
+    used by physics-guided rewarding (PGR).
+    """
+
+    text: torch.Tensor  # (L, D)
+    winner: torch.Tensor  # (C, T', H', W')
+    losers: torch.Tensor  # (m, C, T', H', W')
+    loser_sa: torch.Tensor  # (m,)
+    loser_pc: torch.Tensor  # (m,)
+    prompt: str = ""
+    meta: dict = field(default_factory=dict)

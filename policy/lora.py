@@ -1,0 +1,238 @@
+"""LoRA-Switch Reference (LoRA-SR, PhyGDPO Sec. 2.2, Eq. 14).
+
+The policy θ is the frozen backbone plus a LoRA on the query/key/value/output projections of
+every *self*-attention (``blocks.N.attn1.to_q/to_k/to_v/to_out.0``; cross-attention ``attn2`` is
+left alone). The reference ψ is the same network with the LoRA switched off, so DPO needs no
+second copy of the model: ``Y = X(W + 1_action·(α/r)·BA)ᵀ``.
+
+Works for any diffusers ``WanTransformer3DModel`` (the built-in world's tiny one and Wan2.1
+1.3B/14B) through diffusers' PEFT integration. Adapters are saved in diffusers' LoRA format
+(``pytorch_lora_weights.safetensors``, keys ``transformer.blocks.N.attn1.to_q.lora_A.weight``,
+the LoRA config in the safetensors metadata), which ``WanPipeline.load_lora_weights`` loads.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+ADAPTER_NAME = "phyloop"
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
+SELF_ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+_PREFIX = "transformer."  # the pipeline component the keys belong to
+
+ReferenceMode = Literal["lora-switch", "full-copy"]
+
+
+def self_attention_targets(model: nn.Module) -> list[str]:
+    """Names of the self-attention projections of every block: ``blocks.N.attn1.{to_q,…}``."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) == 0:
+        raise ValueError(f"{type(model).__name__} has no `blocks`; expected a WanTransformer3DModel")
+    names = [f"blocks.{i}.attn1.{p}" for i in range(len(blocks)) for p in SELF_ATTENTION_PROJECTIONS]
+    modules = dict(model.named_modules())
+    missing = [n for n in names if not isinstance(modules.get(n), nn.Linear)]
+    if missing:
+        raise ValueError(f"not a Wan self-attention layout: no nn.Linear at {missing[0]}")
+    return names
+
+
+def has_lora(model: nn.Module) -> bool:
+    return ADAPTER_NAME in getattr(model, "peft_config", {})
+
+
+def lora_config(model: nn.Module) -> LoraConfig:
+    if not has_lora(model):
+        raise ValueError("the model carries no phyloop LoRA; call attach_lora first")
+    return model.peft_config[ADAPTER_NAME]
+
+
+def attach_lora(model: nn.Module, rank: int = 48, alpha: float = 48.0) -> None:
+    """Attach the LoRA (B = 0, so the policy starts equal to the reference) and freeze the base.
+
+    Only the LoRA parameters require grad afterwards. Attaching twice with the same rank/alpha is
+    a no-op; with a different one it is an error (a silent mismatch would change the scale α/r).
+    """
+    if has_lora(model):
+        cfg = lora_config(model)
+        if cfg.r != rank or float(cfg.lora_alpha) != float(alpha):
+            raise ValueError(f"model already has a LoRA with rank {cfg.r}, alpha {cfg.lora_alpha}; "
+                             f"asked for rank {rank}, alpha {alpha}")
+        return
+    if rank < 1 or alpha <= 0:
+        raise ValueError(f"LoRA rank must be ≥ 1 and alpha > 0, got rank {rank}, alpha {alpha}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=self_attention_targets(model),
+                        lora_dropout=0.0, init_lora_weights=True)
+    model.requires_grad_(False)
+    model.add_adapter(config, adapter_name=ADAPTER_NAME)  # diffusers' PeftAdapterMixin
+    for p in lora_parameters(model):
+        p.requires_grad_(True)
+
+
+def lora_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if f".{ADAPTER_NAME}." in n and "lora_" in n]
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for _, p in lora_named_parameters(model)]
+
+
+def _tuner_layers(model: nn.Module) -> list[BaseTunerLayer]:
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextmanager
+def reference_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Switch the LoRA off inside the block (1_action = 0 in Eq. 14): the model *is* ψ.
+
+    The LoRA layers then call their base layer only, so outputs equal the base model bit for
+    bit. Use it under ``torch.no_grad()``; the previous on/off state is restored on exit (and
+    peft's re-enable marks the active adapter trainable again, as it was).
+    """
+    layers = _tuner_layers(model)
+    if not layers:
+        raise ValueError("reference_mode needs a model with a LoRA attached")
+    was_disabled = [layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer, disabled in zip(layers, was_disabled):
+            layer.enable_adapters(not disabled)
+
+
+def frozen_base_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of the backbone without any LoRA, frozen — the vanilla-DPO reference.
+
+    Only for the LoRA-SR ablation/benchmark: it doubles the weight memory, which is exactly what
+    LoRA-SR avoids.
+    """
+    ref = copy.deepcopy(model)
+    if _tuner_layers(ref):
+        ref.unload_lora()
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+class LoraSwitchReference:
+    """ψ = the policy network with its LoRA switched off (LoRA-SR)."""
+
+    mode: ReferenceMode = "lora-switch"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, **forward_kwargs) -> torch.Tensor:
+        with torch.no_grad(), reference_mode(self.model):
+            return self.model(**forward_kwargs, return_dict=False)[0]
+
+
+class FullCopyReference:
+    """ψ = a separate frozen copy of the backbone (vanilla DPO; the ablation of LoRA-SR)."""
+
+    mode: ReferenceMode = "full-copy"
+
+    def __init__(self, model: nn.Module):
+        self.model = frozen_base_copy(model)
+
+    def __call__(self, **forward_kwargs) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(**forward_kwargs, return_dict=False)[0]
+
+
+def make_reference(model: nn.Module, mode: ReferenceMode = "lora-switch"):
+    if mode == "lora-switch":
+        return LoraSwitchReference(model)
+    if mode == "full-copy":
+        return FullCopyReference(model)
+    raise ValueError(f"unknown reference mode {mode!r}; expected 'lora-switch' or 'full-copy'")
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights keyed like ``blocks.0.attn1.to_q.lora_A.weight`` (no adapter name)."""
+    return get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Save the adapter in diffusers' LoRA format; returns the ``.safetensors`` path.
+
+    Same call as diffusers' own LoRA training scripts: ``get_peft_model_state_dict`` +
+    ``WanPipeline.save_lora_weights`` with the adapter config as metadata, so that
+    ``WanPipeline.load_lora_weights(directory)`` restores rank and alpha exactly.
+    """
+    from diffusers.loaders import WanLoraLoaderMixin  # WanPipeline's LoRA mixin, without the pipeline
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    WanLoraLoaderMixin.save_lora_weights(
+        directory,
+        transformer_lora_layers={k: v.detach().contiguous() for k, v in lora_state_dict(model).items()},
+        transformer_lora_adapter_metadata=lora_config(model).to_dict(),
+        weight_name=WEIGHT_NAME,
+        safe_serialization=True,
+    )
+    return directory / WEIGHT_NAME
+
+
+def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Read a Wan LoRA file or directory (diffusers or ComfyUI format) → (state dict, config).
+
+    Keys come back unprefixed (``blocks.0.attn1.to_q.lora_A.weight``); ComfyUI files are
+    converted by diffusers' own converter, with their ``.alpha`` folded into the weights.
+    """
+    from diffusers.loaders import WanLoraLoaderMixin
+
+    path = Path(path)
+    if path.is_dir():
+        directory, weight_name = path, WEIGHT_NAME
+    elif path.is_file():
+        directory, weight_name = path.parent, path.name
+    else:
+        raise FileNotFoundError(f"no LoRA adapter at {path}")
+    state, metadata = WanLoraLoaderMixin.lora_state_dict(
+        str(directory), weight_name=weight_name, return_lora_metadata=True)
+    state = {k.removeprefix(_PREFIX): v for k, v in state.items()}
+    config = None
+    if metadata:
+        config = {k.removeprefix(_PREFIX): v for k, v in metadata.items() if k.startswith(_PREFIX)} or None
+    return state, config
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> None:
+    """Load a saved adapter into ``model`` (attaching the LoRA first if it has none).
+
+    Every key must land on a LoRA weight of the model, and every LoRA weight must be set: a
+    partial load would silently train from a mix of old and new weights.
+    """
+    state, config = read_adapter(path)
+    if not has_lora(model):
+        rank = int(config["r"]) if config else next(v.shape[0] for k, v in state.items() if "lora_A" in k)
+        alpha = float(config["lora_alpha"]) if config else float(rank)
+        attach_lora(model, rank=rank, alpha=alpha)
+    elif config and (int(config["r"]) != lora_config(model).r
+                     or float(config["lora_alpha"]) != float(lora_config(model).lora_alpha)):
+        raise ValueError(f"adapter at {path} has rank {config['r']}, alpha {config['lora_alpha']}; the model's "
+                         f"LoRA has rank {lora_config(model).r}, alpha {lora_config(model).lora_alpha}")
+    elif config is None:
+        # A file without a config (e.g. ComfyUI format, alpha already folded in by diffusers'
+        # converter) means an effective scale of 1; undo the model's α/r on B to match.
+        scale = float(lora_config(model).lora_alpha) / lora_config(model).r
+        state = {k: (v / scale if ".lora_B." in k else v) for k, v in state.items()}
+    expected = set(lora_state_dict(model))
+    if set(state) != expected:
+        extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+        raise ValueError(f"adapter at {path} does not match the model's LoRA "
+                         f"(unexpected: {extra[:3]}, missing: {missing[:3]})")
+    result = set_peft_model_state_dict(model, state, adapter_name=ADAPTER_NAME)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise ValueError(f"adapter keys not loaded: {unexpected[:3]}")

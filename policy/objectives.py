@@ -1,0 +1,245 @@
+"""Every training objective of phyloop, as pure functions of per-sample flow-matching errors.
+
+This module is the one place where the paper's equations live (PhyGDPO, `papers/phygdpo.txt`
+Sec. 2.2; RWR from `papers/ai-feedback-rl-finetuning.txt` Eq. 6). Nothing here touches a model:
+the trainer computes errors, these functions turn them into a loss and diagnostics.
+
+Notation (rectified flow, Eq. 10–12)
+    x_t = (1 − t)·x0 + t·x1,  x1 ~ N(0, I),  target velocity u = x1 − x0
+    ℓ(x_t, t) = mean over elements of (v(x_t, t, c) − u)²        → :func:`flow_matching_error`
+    ℓθ: policy (LoRA on), ℓψ: reference (LoRA off, no grad); w: winner, l_j: j-th loser.
+    d_j = (ℓθ^w − ℓψ^w) − (ℓθ^{l_j} − ℓψ^{l_j})
+
+The log-likelihood ratio of one reverse step is −(h²/2ε)·(ℓθ − ℓψ) (Eq. 12), so the paper's
+Δ^w − Δ^{l_j} is −d_j up to a positive constant that is absorbed into β. The implicit DPO reward
+margin of a (winner, loser) pair is therefore ``margin_j = −β·T·d_j``: positive when the policy
+has moved towards the winner relative to the loser, more than the reference did.
+
+How β·T is parameterised
+    The paper's sum over T reverse steps becomes the factor T when one timestep is sampled
+    (Eq. 6). ``beta`` and ``T`` are kept separate to mirror the equations, but only their product
+    matters. Because ℓ is a MEAN over elements (so that the scale does not depend on the clip
+    size), its differences between policy and reference are small (1e-4 … 1e-3), and β·T must be
+    large for the sigmoid to leave its linear regime. Defaults: T = 1000 (the paper's step count)
+    and β = 2.5, i.e. β·T = 2500 — the effective value Diffusion-DPO uses with mean-squared errors
+    (β = 5000 times its 0.5 factor).
+
+Diagnostics
+    Every objective returns ``(loss, diag)`` where ``diag`` maps names to detached 0-d tensors
+    (or ``None`` where a quantity does not exist for the objective, e.g. no reference for SFT):
+    ``margin`` (mean implicit reward margin), ``accuracy`` (fraction of pairs with margin > 0),
+    ``alpha_mean`` and ``gamma_mean`` (the PGR weights used; 1 where unweighted).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Objective = Literal["phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft"]
+OBJECTIVES: tuple[str, ...] = ("phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft")
+#: objectives that compare against the reference ψ (and so need the LoRA-off pass)
+NEEDS_REFERENCE: frozenset[str] = frozenset({"phygdpo", "gdpo-full", "flow-dpo"})
+
+DEFAULT_BETA = 2.5
+DEFAULT_T = 1000.0
+
+Diagnostics = dict[str, Tensor | None]
+
+
+def flow_matching_error(v_pred: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
+    """Per-sample mean squared velocity error ``mean((v − (x1 − x0))²)`` → shape ``(B,)``.
+
+    Computed in float32 whatever the prediction's dtype (bf16 under autocast), since DPO losses
+    depend on small differences between these errors.
+    """
+    target = (x1 - x0).float()
+    return (v_pred.float() - target).pow(2).flatten(1).mean(dim=1)
+
+
+def pgr_weights(
+    sa: Tensor | float,
+    pc: Tensor | float,
+    alpha_min: float = 0.5,
+    k_alpha: float = 5.0,
+    b_alpha: float = 0.5,
+    lam: float = 0.6,
+    k_gamma: float = 2.0,
+    b_gamma: float = 0.4,
+) -> tuple[Tensor, Tensor]:
+    """Physics-guided rewarding (Eq. 9): per-loser sharpness α_j and weight γ_j.
+
+    ``v_j = 1 − (sa_j + pc_j)/2`` is how badly loser j does (0 = perfect, 1 = worst).
+    ``α_j = α_min + (1 − α_min)·σ(k_α(v_j − b_α))`` ∈ (α_min, 1): worse losers get a sharper
+    comparison. ``γ_j = (1 + λ·σ(k_γ(v_j − b_γ)))/α_min``: worse losers weigh more. Since
+    ``γ_j ≥ 1/α_min ≥ 1/α_j``, Ineq. 7 holds and Eq. 13 upper-bounds the groupwise loss (Eq. 6).
+    """
+    if not 0.0 < alpha_min <= 1.0:
+        raise ValueError(f"alpha_min must be in (0, 1], got {alpha_min}")
+    sa = torch.as_tensor(sa)
+    sa = sa if sa.is_floating_point() else sa.float()
+    pc = torch.as_tensor(pc, dtype=sa.dtype, device=sa.device)
+    v = 1.0 - (sa + pc) / 2.0
+    alpha = alpha_min + (1.0 - alpha_min) * torch.sigmoid(k_alpha * (v - b_alpha))
+    gamma = (1.0 + lam * torch.sigmoid(k_gamma * (v - b_gamma))) / alpha_min
+    return alpha, gamma
+
+
+def _pair_difference(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor) -> Tensor:
+    """d = (ℓθ^w − ℓψ^w) − (ℓθ^l − ℓψ^l); broadcasts a ``(B,)`` winner against ``(B, m)`` losers."""
+    if policy_l.dim() == policy_w.dim() + 1:
+        policy_w, ref_w = policy_w.unsqueeze(-1), ref_w.unsqueeze(-1)
+    return (policy_w - ref_w) - (policy_l - ref_l)
+
+
+def _mean_or_none(x: Tensor | None) -> Tensor | None:
+    return None if x is None else x.detach().float().mean()
+
+
+def phygdpo(
+    policy_w: Tensor,
+    policy_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    *,
+    m: Tensor | int,
+    alpha: Tensor | None = None,
+    gamma: Tensor | None = None,
+    beta: float = DEFAULT_BETA,
+    T: float = DEFAULT_T,
+) -> tuple[Tensor, Diagnostics]:
+    """PhyGDPO, Eq. 13: ``E[ −m·γ_j·log σ(−α_j·β·T·d_j) ]`` with one sampled loser j per group.
+
+    Inputs are ``(B,)`` errors of each group's winner and of its one sampled loser (same noise and
+    timestep). ``m`` is the group's number of losers (int or ``(B,)``): sampling j uniformly and
+    multiplying by m makes the expectation equal the sum over all m losers of Eq. 8.
+    ``alpha``/``gamma`` are the sampled loser's PGR weights (:func:`pgr_weights`); ``None``
+    means α = γ = 1 — PGR switched off (the ablation), which is m × :func:`flow_dpo`.
+    """
+    d = _pair_difference(policy_w, policy_l, ref_w, ref_l)
+    a = torch.ones_like(d) if alpha is None else alpha.to(d)
+    g = torch.ones_like(d) if gamma is None else gamma.to(d)
+    m = torch.as_tensor(m, dtype=d.dtype, device=d.device)
+    # −log σ(z) = softplus(−z), computed without overflow for large |z|
+    loss = (m * g * F.softplus(a * beta * T * d)).mean()
+    margin = -beta * T * d.detach()
+    diag: Diagnostics = {
+        "margin": margin.mean(),
+        "accuracy": (margin > 0).float().mean(),
+        "alpha_mean": a.detach().mean(),
+        "gamma_mean": g.detach().mean(),
+    }
+    return loss, diag
+
+
+def gdpo_full(
+    policy_w: Tensor,
+    policy_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    *,
+    beta: float = DEFAULT_BETA,
+    T: float = DEFAULT_T,
+    loser_mask: Tensor | None = None,
+) -> tuple[Tensor, Diagnostics]:
+    """Groupwise Plackett–Luce DPO at one timestep, Eq. 6: ``log(1 + Σ_j exp(β·T·d_j))``.
+
+    ``policy_w``/``ref_w`` are ``(B,)``; ``policy_l``/``ref_l`` are ``(B, m)`` — all m losers of
+    each group, sharing the winner's noise and timestep. The exponent ``β·T·(Δ^{l_j} − Δ^w)`` of
+    Eq. 6 equals ``β·T·d_j`` in flow terms (see module docstring). Computed as a logsumexp over
+    ``[0, x_1, …, x_m]`` so large exponents cannot overflow. ``loser_mask`` (bool ``(B, m)``)
+    marks real entries when groups have different m (padding is excluded from the sum).
+    """
+    d = _pair_difference(policy_w, policy_l, ref_w, ref_l)
+    x = beta * T * d
+    if loser_mask is not None:
+        x = x.masked_fill(~loser_mask, float("-inf"))
+    logits = torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)
+    loss = torch.logsumexp(logits, dim=1).mean()
+    margin = -beta * T * d.detach()
+    if loser_mask is not None:
+        margin = margin[loser_mask]
+    diag: Diagnostics = {
+        "margin": margin.mean(),
+        "accuracy": (margin > 0).float().mean(),
+        "alpha_mean": torch.ones((), device=d.device),
+        "gamma_mean": torch.ones((), device=d.device),
+    }
+    return loss, diag
+
+
+def flow_dpo(
+    policy_w: Tensor,
+    policy_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    *,
+    beta: float = DEFAULT_BETA,
+    T: float = DEFAULT_T,
+) -> tuple[Tensor, Diagnostics]:
+    """Pairwise Bradley–Terry Diffusion-DPO on velocities: ``−log σ(−β·T·d)`` (winner vs one loser)."""
+    d = _pair_difference(policy_w, policy_l, ref_w, ref_l)
+    loss = F.softplus(beta * T * d).mean()
+    margin = -beta * T * d.detach()
+    diag: Diagnostics = {
+        "margin": margin.mean(),
+        "accuracy": (margin > 0).float().mean(),
+        "alpha_mean": torch.ones((), device=d.device),
+        "gamma_mean": torch.ones((), device=d.device),
+    }
+    return loss, diag
+
+
+RwrWeighting = Literal["linear", "exp", "threshold"]
+
+
+def rwr_weights(reward: Tensor, weighting: RwrWeighting = "linear", tau: float = 1.0,
+                threshold: float = 0.5) -> Tensor:
+    """Per-sample weights of reward-weighted regression from rewards in [0, 1].
+
+    - ``linear``: w = r — the practical RWR objective, AI-feedback paper Eq. 6, which replaces the
+      exponential transform of the E-step by the identity and drops the partition function.
+    - ``exp``: w = exp(r/τ) / mean_batch(exp(r/τ)) — the E-step's exp(β⁻¹r)/Z(c) of its Eq. 5,
+      with Z estimated by the batch mean (self-normalised, mean weight 1).
+    - ``threshold``: w = 1[r ≥ threshold] — the binary accept/reject feedback of that paper
+      (train on acceptable videos only), unnormalised like Eq. 6.
+    """
+    reward = reward.float()
+    if weighting == "linear":
+        return reward
+    if weighting == "exp":
+        if tau <= 0:
+            raise ValueError(f"rwr tau must be > 0, got {tau}")
+        return torch.softmax(reward / tau, dim=0) * reward.numel()
+    if weighting == "threshold":
+        return (reward >= threshold).float()
+    raise ValueError(f"unknown RWR weighting {weighting!r}; expected 'linear', 'exp' or 'threshold'")
+
+
+def rwr(
+    policy_err: Tensor,
+    reward: Tensor,
+    *,
+    weighting: RwrWeighting = "linear",
+    tau: float = 1.0,
+    threshold: float = 0.5,
+) -> tuple[Tensor, Diagnostics]:
+    """Reward-weighted flow matching (forward-EM projection, AI-feedback paper Eq. 6).
+
+    ``E[w(r)·ℓθ]`` over every sample in the batch: the winners (reward 1) and the generated
+    losers (reward (sa + pc)/2 from the judge); see :func:`rwr_weights` for ``w``. No reference.
+    """
+    w = rwr_weights(reward, weighting, tau, threshold).to(policy_err)
+    loss = (w * policy_err).mean()
+    diag: Diagnostics = {"margin": None, "accuracy": None, "alpha_mean": None, "gamma_mean": None,
+                         "weight_mean": w.detach().mean()}
+    return loss, diag
+
+
+def sft(policy_w: Tensor) -> tuple[Tensor, Diagnostics]:
+    """Plain flow matching on the winners: ``E[ℓθ^w]``. No reference, no losers."""
+    loss = policy_w.mean()
+    return loss, {"margin": None, "accuracy": None, "alpha_mean": None, "gamma_mean": None}

@@ -1,0 +1,306 @@
+"""The built-in world's tiny generator: a pixel-space ``WanTransformer3DModel`` with rectified flow.
+
+It is the same denoiser class as Wan2.1 (so LoRA targets, objectives and trainer are shared), at
+about a million parameters, working directly on pixels (no VAE): a clip's latent is
+``x0 = video / 127.5 − 1`` laid out ``(3, T, H, W)``. Text conditioning is per-token
+all-MiniLM-L6-v2 embeddings (:mod:`policy.text`), zero-padded like Wan's UMT5 path; the all-zero
+embedding is the unconditional input (prompt dropout in training, classifier-free guidance).
+
+Sampling integrates the rectified-flow ODE ``dx/dt = v(x, t, c)`` with Euler steps from ``t = 1``
+(noise) to ``t = 0`` on a shifted schedule ``σ' = s·σ / (1 + (s − 1)·σ)`` (``s > 1`` spends more
+steps at high noise, as Wan's ``shift`` does). With guidance ``g ≠ 1`` the velocity is
+``v_u + g·(v_c − v_u)``.
+
+Each clip's starting noise comes from its own ``torch.Generator`` seeded with the clip's seed, so a
+clip depends only on (weights, prompt, seed, sampling settings).
+
+The shipped base checkpoint (``policy/checkpoints/toy_base.safetensors`` + ``toy_base.json``) is
+built by ``scripts/build_toy_base.py``; the JSON holds the architecture, the sampling defaults and
+how it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file
+
+from policy.base import Generated, TrainingInputs
+from policy.text import TEXT_DIM, TextEncoder
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "toy_base.safetensors"
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ToyArch:
+    """Architecture of the tiny denoiser and the clip geometry it works on."""
+
+    frames: int = 12
+    size: int = 32
+    patch_size: tuple[int, int, int] = (2, 4, 4)
+    num_heads: int = 4
+    head_dim: int = 32
+    ffn_dim: int = 512
+    num_layers: int = 4
+    freq_dim: int = 64
+    text_len: int = 64
+
+    def __post_init__(self):
+        pt, ph, pw = self.patch_size
+        if self.frames % pt or self.size % ph or self.size % pw:
+            raise ValueError(f"clip {self.frames}×{self.size}×{self.size} is not divisible by patch {self.patch_size}; "
+                             "Wan's patch embedding would silently crop it")
+        if self.head_dim < 6 or self.head_dim % 2:
+            raise ValueError(f"head_dim must be even and ≥ 6 (3-axis rotary embedding), got {self.head_dim}")
+
+    @property
+    def tokens(self) -> int:
+        pt, ph, pw = self.patch_size
+        return (self.frames // pt) * (self.size // ph) * (self.size // pw)
+
+    def transformer_config(self) -> dict:
+        """Keyword arguments of :class:`WanTransformer3DModel` for this architecture."""
+        return dict(
+            patch_size=tuple(self.patch_size), num_attention_heads=self.num_heads, attention_head_dim=self.head_dim,
+            in_channels=3, out_channels=3, text_dim=TEXT_DIM, freq_dim=self.freq_dim, ffn_dim=self.ffn_dim,
+            num_layers=self.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+            rope_max_seq_len=max(64, self.frames, self.size),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToyArch":
+        d = dict(d)
+        d["patch_size"] = tuple(d["patch_size"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sampler settings: Euler steps, timestep shift, classifier-free guidance scale (1 = off)."""
+
+    steps: int = 16
+    shift: float = 1.0
+    guidance: float = 1.0
+    max_batch: int = 16  # clips per batched forward
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"sampling steps must be ≥ 1, got {self.steps}")
+        if self.shift <= 0:
+            raise ValueError(f"timestep shift must be > 0, got {self.shift}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be ≥ 1, got {self.max_batch}")
+
+
+def build_transformer(arch: ToyArch, seed: int | None = 0) -> WanTransformer3DModel:
+    """A randomly initialised denoiser (deterministic for a given ``seed``)."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return WanTransformer3DModel(**arch.transformer_config())
+    return WanTransformer3DModel(**arch.transformer_config())
+
+
+def sigma_schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """``steps + 1`` noise levels from 1 to 0, shifted towards high noise when ``shift > 1``."""
+    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    s = shift * s / (1.0 + (shift - 1.0) * s)
+    return s.to(torch.float32)
+
+
+def videos_to_latents(videos: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """uint8 ``(T, H, W, 3)`` clips → float32 ``(B, 3, T, H, W)`` in [−1, 1] (exactly invertible)."""
+    arr = np.stack([np.asarray(v) for v in videos]) if not isinstance(videos, np.ndarray) else videos
+    if arr.ndim == 4:
+        arr = arr[None]
+    if arr.dtype != np.uint8 or arr.ndim != 5 or arr.shape[-1] != 3:
+        raise ValueError(f"videos must be uint8 (T, H, W, 3) arrays, got {arr.dtype} {arr.shape[1:]}")
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32)
+    return (x / 127.5 - 1.0).permute(0, 4, 1, 2, 3).contiguous()
+
+
+def latents_to_videos(latents: torch.Tensor) -> np.ndarray:
+    """float ``(B, 3, T, H, W)`` → uint8 ``(B, T, H, W, 3)`` (clipped, rounded to nearest)."""
+    if latents.ndim != 5 or latents.shape[1] != 3:
+        raise ValueError(f"latents must be (B, 3, T, H, W), got {tuple(latents.shape)}")
+    x = ((latents.detach().to(torch.float32).cpu() + 1.0) * 127.5).round().clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous().numpy()
+
+
+class ToyGenerator:
+    """Generator backend ``toy``: the built-in world's pixel-space Wan transformer (see module doc)."""
+
+    name = "toy"
+
+    def __init__(self, transformer: WanTransformer3DModel, arch: ToyArch, sampling: SampleConfig | None = None,
+                 text_encoder: TextEncoder | None = None, metadata: dict | None = None):
+        self.transformer = transformer
+        self.arch = arch
+        self.sampling = sampling or SampleConfig()
+        self.text_encoder = text_encoder or TextEncoder(max_length=arch.text_len)
+        if self.text_encoder.max_length != arch.text_len:
+            raise ValueError(f"text encoder pads to {self.text_encoder.max_length} tokens, the model expects "
+                             f"{arch.text_len}")
+        self.metadata = metadata or {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def random(cls, arch: ToyArch | None = None, seed: int = 0, **kwargs) -> "ToyGenerator":
+        """An untrained generator (tests, and the start of pretraining)."""
+        arch = arch or ToyArch()
+        return cls(build_transformer(arch, seed), arch, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, sampling: SampleConfig | None = None,
+                        text_encoder: TextEncoder | None = None, **sampling_overrides) -> "ToyGenerator":
+        """Load a base checkpoint (default: the shipped ``policy/checkpoints/toy_base.safetensors``).
+
+        Sampling defaults come from the checkpoint's JSON; ``sampling`` or keyword overrides
+        (``steps=…``, ``guidance=…``) replace them.
+        """
+        weights = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        meta_path = weights.with_suffix(".json")
+        if not weights.is_file() or not meta_path.is_file():
+            raise FileNotFoundError(
+                f"toy generator checkpoint not found: need {weights} and {meta_path.name} "
+                "(rebuild it with `python scripts/build_toy_base.py`)")
+        meta = json.loads(meta_path.read_text())
+        arch = ToyArch.from_dict(meta["arch"])
+        transformer = build_transformer(arch, seed=None)
+        state = load_file(str(weights))
+        missing, unexpected = transformer.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {weights} does not match its architecture "
+                             f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})")
+        transformer.eval()
+        if sampling is None:
+            sampling = SampleConfig(**meta.get("sampling", {}))
+        if sampling_overrides:
+            sampling = replace(sampling, **sampling_overrides)
+        return cls(transformer, arch, sampling, text_encoder=text_encoder, metadata=meta)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    # ------------------------------------------------------------------ encoders
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.text_encoder.encode(prompts)
+
+    def encode_videos(self, videos: Sequence[np.ndarray]) -> torch.Tensor:
+        latents = videos_to_latents(videos)
+        expected = (3, self.arch.frames, self.arch.size, self.arch.size)
+        if tuple(latents.shape[1:]) != expected:
+            raise ValueError(f"videos must be {self.arch.frames}×{self.arch.size}×{self.arch.size}×3, "
+                             f"got {tuple(latents.shape[2:])}")
+        return latents
+
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents ``(B, 3, T, H, W)`` → uint8 videos ``(B, T, H, W, 3)``."""
+        return latents_to_videos(latents)
+
+    def training_inputs(self, videos: Sequence[np.ndarray], prompts: Sequence[str]) -> TrainingInputs:
+        if len(videos) != len(prompts):
+            raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
+        return TrainingInputs(latents=self.encode_videos(videos), text=self.encode_prompts(prompts))
+
+    # ------------------------------------------------------------------ denoiser
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Predicted velocity ``v(x_t, t, c)`` for a batch; ``t`` in [0, 1] shaped ``(B,)``."""
+        dev = self.device
+        t = torch.as_tensor(t, dtype=torch.float32, device=dev).reshape(-1).expand(x_t.shape[0])
+        return self.transformer(hidden_states=x_t.to(dev), timestep=t * 1000.0,
+                                encoder_hidden_states=text.to(dev), return_dict=False)[0]
+
+    @torch.no_grad()
+    def sample(self, noise: torch.Tensor, text: torch.Tensor, sampling: SampleConfig | None = None) -> torch.Tensor:
+        """Integrate the flow from ``noise`` (t = 1) to a clean latent (t = 0): ``(B, 3, T, H, W)``."""
+        cfg = sampling or self.sampling
+        if noise.shape[0] != text.shape[0]:
+            raise ValueError(f"{noise.shape[0]} noise tensors but {text.shape[0]} text conditionings")
+        dev = self.device
+        x = noise.to(dev, torch.float32)
+        text = text.to(dev)
+        guided = cfg.guidance != 1.0
+        if guided:
+            text = torch.cat([text, torch.zeros_like(text)])
+        sigmas = sigma_schedule(cfg.steps, cfg.shift).tolist()
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            t = torch.full((x.shape[0],), s, device=dev)
+            if guided:
+                v_c, v_u = self.velocity(torch.cat([x, x]), torch.cat([t, t]), text).chunk(2)
+                v = v_u + cfg.guidance * (v_c - v_u)
+            else:
+                v = self.velocity(x, t, text)
+            x = x + (s_next - s) * v
+        return x.cpu()
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """The starting noise of the clip with this seed, ``(3, T, H, W)``."""
+        g = torch.Generator().manual_seed(int(seed))
+        a = self.arch
+        return torch.randn((3, a.frames, a.size, a.size), generator=g, dtype=torch.float32)
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], group_size: int,
+                 progress: Progress | None = None, sampling: SampleConfig | None = None) -> list[list[Generated]]:
+        """For each prompt, ``group_size`` clips; clip ``j`` of prompt ``i`` uses seed ``seeds[i] + j``.
+
+        ``progress(done, total)`` is called with the number of clips finished after each batch.
+        Each clip's ``latent`` is the encoding of its uint8 video (what the judge sees is exactly
+        what training uses); ``text`` is its conditional embedding.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("generate() takes a sequence of prompts, not a single string")
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if group_size < 1:
+            raise ValueError(f"group_size must be ≥ 1, got {group_size}")
+        cfg = sampling or self.sampling
+        text = self.encode_prompts(prompts)
+        jobs = [(i, j, int(seeds[i]) + j) for i in range(len(prompts)) for j in range(group_size)]
+        out: list[list[Generated]] = [[] for _ in prompts]
+        was_training = self.transformer.training
+        self.transformer.eval()
+        try:
+            for start in range(0, len(jobs), cfg.max_batch):
+                chunk = jobs[start:start + cfg.max_batch]
+                noise = torch.stack([self.noise(seed) for _, _, seed in chunk])
+                cond = torch.stack([text[i] for i, _, _ in chunk])
+                videos = self.decode_latents(self.sample(noise, cond, cfg))
+                latents = self.encode_videos(videos)
+                for k, (i, j, seed) in enumerate(chunk):
+                    out[i].append(Generated(prompt=prompts[i], seed=seed, video=videos[k],
+                                            latent=latents[k], text=text[i].clone()))
+                if progress is not None:
+                    progress(start + len(chunk), len(jobs))
+        finally:
+            self.transformer.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ LoRA
+    def save_adapter(self, path: Path) -> None:
+        """Save the transformer's LoRA (diffusers format) into directory ``path``."""
+        from policy.lora import save_adapter
+
+        save_adapter(self.transformer, path)
+
+    def load_adapter(self, path: Path) -> None:
+        """Load a LoRA saved by :meth:`save_adapter` (attaching one if the model has none)."""
+        from policy.lora import load_adapter
+
+        load_adapter(self.transformer, path)
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint_metadata(self, **extra) -> dict:
+        """The JSON written beside a base checkpoint: architecture, sampling defaults, extras."""
+        return {"format": "phyloop-toy-base/1", "arch": asdict(self.arch), "sampling": asdict(self.sampling),
+                "params": sum(p.numel() for p in self.transformer.parameters()), **extra}

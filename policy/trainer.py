@@ -1,0 +1,490 @@
+"""The PhyGDPO trainer: one round of LoRA preference training on a round's groups.
+
+Each step draws ``groups_per_step`` groups and, per group, one loser ``j`` (uniform), one
+timestep ``t`` and one noise ``x1`` shared by the winner and its loser(s) (Eq. 13: the
+comparison is made at the same point of the same flow). One batched forward of the reference
+(LoRA off, no grad) and one of the policy (LoRA on) give the per-sample errors, and
+:mod:`policy.objectives` turns them into the loss. For ``gdpo-full`` all m losers enter the
+step (Eq. 6), i.e. m + 1 samples per group instead of 2 — the cost PhyGDPO's bound removes.
+
+Optimisation (paper defaults): AdamW (0.9, 0.999, wd 0.01) on the LoRA parameters only, lr
+1e-5 with linear warm-up then cosine decay to 1e-6, gradient clipping, bf16 autocast on CUDA
+(fp32 on CPU), optional gradient checkpointing. The schedule restarts every round (cosine with
+warm restarts): each round brings new on-policy data, and the lr is a pure function of the step
+within the round (:func:`cosine_lr`), so resuming needs only the optimizer state and counters.
+
+Robustness: a step whose loss or gradient norm is not finite changes nothing (no optimizer
+update) and is recorded as skipped. The divergence guard stops a round whose loss stays above a
+threshold (or keeps rising) and restores the adapter and optimizer state of the round's start.
+
+Distributed: everything runs under ``accelerate.Accelerator`` (one process by default). The
+model and optimizer go through ``accelerator.prepare``; the reference pass calls the UNWRAPPED
+model, since through DDP every forward would be a collective. Each process draws its own groups;
+logged metrics are averaged over processes so that every process takes the same skip/stop
+decisions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from policy import objectives as obj
+from policy.base import GroupSample
+from policy.lora import attach_lora, load_adapter, lora_parameters, make_reference, save_adapter
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "trainer_state.pt"
+CONFIG_NAME = "train_config.json"
+
+
+class PGRConfig(BaseModel):
+    """Physics-guided rewarding hyper-parameters (Eq. 9; paper defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+    alpha_min: float = Field(0.5, gt=0.0, le=1.0)
+    k_alpha: float = 5.0
+    b_alpha: float = 0.5
+    lam: float = Field(0.6, ge=0.0)
+    k_gamma: float = 2.0
+    b_gamma: float = 0.4
+
+
+class TrainConfig(BaseModel):
+    """Everything the trainer needs; paper defaults unless noted (presets override)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    objective: obj.Objective = "phygdpo"
+    beta: float = Field(obj.DEFAULT_BETA, gt=0.0)  # β·T = 2500 by default, see policy.objectives
+    T: float = Field(obj.DEFAULT_T, gt=0.0)
+    use_pgr: bool = True  # False: α = γ = 1 (PGR ablation)
+    pgr: PGRConfig = PGRConfig()
+    rwr_weighting: obj.RwrWeighting = "linear"
+    rwr_tau: float = Field(1.0, gt=0.0)
+    rwr_threshold: float = 0.5
+
+    lr: float = Field(1e-5, gt=0.0)
+    lr_min: float = Field(1e-6, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)  # None: no clipping (the norm is still logged)
+    steps: int = Field(100, ge=1)  # optimizer steps per round
+    groups_per_step: int = Field(4, ge=1)
+
+    lora_rank: int = Field(48, ge=1)
+    lora_alpha: float = Field(48.0, gt=0.0)
+    reference: Literal["lora-switch", "full-copy"] = "lora-switch"  # full-copy: ablation only
+
+    timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = Field(1.0, gt=0.0)
+    timestep_shift: float = Field(1.0, gt=0.0)  # t ← s·t / (1 + (s − 1)·t), as Wan's sampler shift
+
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast applies on CUDA only
+    seed: int = 0
+
+    # divergence guard: stop and restore the round's starting adapter when, for `guard_patience`
+    # consecutive steps, the loss is non-finite or above min(guard_max_loss, guard_loss_factor ×
+    # baseline), baseline = mean of the round's first `guard_baseline_steps` losses, floored at
+    # the objective's chance-level loss; or when it rose for `guard_rise_steps` steps in a row.
+    guard_max_loss: float | None = Field(None, gt=0.0)
+    guard_loss_factor: float | None = Field(10.0, gt=1.0)
+    guard_baseline_steps: int = Field(5, ge=1)
+    guard_patience: int = Field(3, ge=1)
+    guard_rise_steps: int = Field(0, ge=0)  # 0: off (the per-step loss is noisy by design)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"AdamW betas must be in [0, 1), got {self.betas}")
+        return self
+
+
+def cosine_lr(step: int, steps: int, lr: float, lr_min: float, warmup_steps: int = 0) -> float:
+    """Learning rate at ``step`` (0-based) of a round: linear warm-up, then cosine lr → lr_min."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    span = max(1, steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def sample_timesteps(n: int, config: TrainConfig, generator: torch.Generator) -> Tensor:
+    """Flow times t ∈ (0, 1) (t = 1 is pure noise): uniform or logit-normal, then shifted."""
+    if config.timestep_sampling == "uniform":
+        t = torch.rand(n, generator=generator)
+    else:
+        t = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(n, generator=generator))
+    s = config.timestep_shift
+    return t if s == 1.0 else s * t / (1.0 + (s - 1.0) * t)
+
+
+@dataclass
+class TrainSummary:
+    round: int
+    groups: int
+    steps: int = 0  # steps run (including skipped ones)
+    updates: int = 0  # optimizer updates applied
+    skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    restored: bool = False  # the divergence guard restored the round's starting adapter
+    stop_reason: str | None = None
+    loss_mean: float | None = None
+    loss_last: float | None = None
+    margin_mean: float | None = None
+    accuracy_mean: float | None = None
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self, history: bool = False) -> dict:
+        d = asdict(self)
+        if not history:
+            d.pop("history")
+        return d
+
+
+@dataclass
+class _Batch:
+    """One step's draw, on the training device. Pairwise objectives use the sampled loser
+    (``losers`` is ``(B, …)``); gdpo-full uses all losers flattened (``losers`` is ``(N, …)``,
+    ``owner[i]`` = group of loser i, ``slot[i]`` = its position in the group)."""
+
+    text: Tensor
+    winners: Tensor
+    losers: Tensor
+    sa: Tensor
+    pc: Tensor
+    m: Tensor
+    t: Tensor
+    noise: Tensor
+    owner: Tensor
+    slot: Tensor
+
+
+class _GroupStream:
+    """Groups in shuffled epochs, so each is seen once before any is seen twice."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.gen, self.queue = n, generator, []
+
+    def take(self, k: int) -> list[int]:
+        while len(self.queue) < k:
+            self.queue += torch.randperm(self.n, generator=self.gen).tolist()
+        out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
+class _DivergenceGuard:
+    def __init__(self, config: TrainConfig):
+        self.c = config
+        self.losses: list[float] = []
+        self.chance: list[float] = []
+        self.over = 0
+        self.rises = 0
+        self.prev: float | None = None
+
+    def threshold(self) -> float:
+        limits = [self.c.guard_max_loss] if self.c.guard_max_loss is not None else []
+        if self.c.guard_loss_factor is not None and len(self.losses) >= self.c.guard_baseline_steps:
+            base = float(np.mean(self.losses))
+            if self.chance:
+                base = max(base, float(np.mean(self.chance)))
+            limits.append(self.c.guard_loss_factor * base)
+        return min(limits) if limits else math.inf
+
+    def update(self, loss: float, chance: float | None) -> str | None:
+        """Feed one step's loss; returns why to stop, or None."""
+        if not math.isfinite(loss):
+            self.over += 1
+            if self.over >= self.c.guard_patience:
+                return f"non-finite loss for {self.over} consecutive steps"
+            return None
+        limit = self.threshold()
+        if len(self.losses) < self.c.guard_baseline_steps:
+            self.losses.append(loss)
+            if chance is not None:
+                self.chance.append(chance)
+        self.over = self.over + 1 if loss > limit else 0
+        if self.over >= self.c.guard_patience:
+            return f"loss above {limit:.4g} for {self.over} consecutive steps"
+        if self.c.guard_rise_steps:
+            self.rises = self.rises + 1 if self.prev is not None and loss > self.prev else 0
+            self.prev = loss
+            if self.rises >= self.c.guard_rise_steps:
+                return f"loss rose for {self.rises} consecutive steps"
+        return None
+
+
+def _cpu_clone(obj):
+    """Deep copy with every tensor cloned to CPU (snapshots must not hold device memory)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_clone(v) for v in obj)
+    return obj
+
+
+class Trainer:
+    """Trains the LoRA of a ``WanTransformer3DModel`` round after round.
+
+    ``transformer`` is the generator's own denoiser (trained in place: the next round generates
+    with it); a LoRA is attached if it has none. ``on_step`` receives each step's log dict:
+    round, step, global_step, loss, margin, accuracy, grad_norm, lr, alpha_mean, gamma_mean,
+    skipped, reason, t_mean, seconds.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, config: TrainConfig | None = None, *,
+                 on_step: Callable[[dict], None] | None = None, accelerator=None):
+        from accelerate import Accelerator
+
+        self.config = config or TrainConfig()
+        self.on_step = on_step
+        # Autocast is done explicitly (see _autocast) rather than through accelerate's
+        # mixed_precision, which would patch the shared transformer's forward for generation too.
+        self.accelerator = accelerator or Accelerator(mixed_precision="no")
+        cfg = self.config
+
+        attach_lora(transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        elif getattr(transformer, "gradient_checkpointing", False):
+            transformer.disable_gradient_checkpointing()
+        params = lora_parameters(transformer)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                      weight_decay=cfg.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(transformer, optimizer)
+        self.transformer = self.accelerator.unwrap_model(self.model)
+        self.params = lora_parameters(self.transformer)
+        self.reference = make_reference(self.transformer, cfg.reference)
+        self.device = self.accelerator.device
+        self.bf16 = cfg.mixed_precision == "bf16" and self.device.type == "cuda"
+        if cfg.mixed_precision == "bf16" and not self.bf16:
+            log.warning("bf16 autocast is used on CUDA only; training in fp32 on %s", self.device.type)
+        self.round = 0
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ sampling
+    def _generator(self) -> torch.Generator:
+        seq = np.random.SeedSequence([self.config.seed, self.round, self.accelerator.process_index])
+        return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+    def _sample(self, groups: Sequence[GroupSample], stream: _GroupStream,
+                gen: torch.Generator) -> _Batch:
+        chosen = [groups[i] for i in stream.take(min(self.config.groups_per_step, len(groups)))]
+        B = len(chosen)
+        ms = [g.losers.shape[0] for g in chosen]
+        if self.config.objective == "gdpo-full":
+            losers = torch.cat([g.losers for g in chosen])
+            sa = torch.cat([g.loser_sa.float() for g in chosen])
+            pc = torch.cat([g.loser_pc.float() for g in chosen])
+            owner = torch.repeat_interleave(torch.arange(B), torch.tensor(ms))
+            slot = torch.cat([torch.arange(m) for m in ms])
+        else:
+            js = [int(torch.randint(m, (1,), generator=gen)) for m in ms]
+            losers = torch.stack([g.losers[j] for g, j in zip(chosen, js)])
+            sa = torch.stack([g.loser_sa[j].float() for g, j in zip(chosen, js)])
+            pc = torch.stack([g.loser_pc[j].float() for g, j in zip(chosen, js)])
+            owner = slot = torch.arange(B)
+        winners = torch.stack([g.winner for g in chosen])
+        t = sample_timesteps(B, self.config, gen)
+        noise = torch.randn(winners.shape, generator=gen)
+        dev = self.device
+        return _Batch(
+            text=torch.stack([g.text for g in chosen]).to(dev, non_blocking=True),
+            winners=winners.to(dev, torch.float32, non_blocking=True),
+            losers=losers.to(dev, torch.float32, non_blocking=True),
+            sa=sa.to(dev), pc=pc.to(dev), m=torch.tensor(ms, dtype=torch.float32, device=dev),
+            t=t.to(dev), noise=noise.to(dev, non_blocking=True), owner=owner.to(dev), slot=slot.to(dev))
+
+    # ------------------------------------------------------------------ forward
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def _errors(self, net: Callable[..., Tensor], x0: Tensor, x1: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """Per-sample flow-matching error of ``net`` at x_t = (1 − t)·x0 + t·x1."""
+        tb = t.view(-1, *([1] * (x0.dim() - 1)))
+        x_t = (1.0 - tb) * x0 + tb * x1
+        dtype = self.transformer.dtype
+        with self._autocast():
+            v = net(hidden_states=x_t.to(dtype), timestep=t * 1000.0, encoder_hidden_states=text.to(dtype))
+        return obj.flow_matching_error(v, x0, x1)
+
+    def _policy(self, **kw) -> Tensor:
+        return self.model(**kw, return_dict=False)[0]
+
+    def _loss(self, b: _Batch) -> tuple[Tensor, obj.Diagnostics]:
+        cfg, B = self.config, b.winners.shape[0]
+        if cfg.objective == "sft":
+            return obj.sft(self._errors(self._policy, b.winners, b.noise, b.t, b.text))
+        # winners first, then their loser(s); each loser shares its group's noise, t and text
+        idx = torch.cat([torch.arange(B, device=self.device), b.owner])
+        x0, x1, t, text = torch.cat([b.winners, b.losers]), b.noise[idx], b.t[idx], b.text[idx]
+        if cfg.objective == "rwr":
+            reward = torch.cat([torch.ones(B, device=self.device), (b.sa + b.pc) / 2.0])
+            return obj.rwr(self._errors(self._policy, x0, x1, t, text), reward,
+                           weighting=cfg.rwr_weighting, tau=cfg.rwr_tau, threshold=cfg.rwr_threshold)
+        ref = self._errors(self.reference, x0, x1, t, text)  # LoRA off, no grad
+        pol = self._errors(self._policy, x0, x1, t, text)
+        pw, pl, rw, rl = pol[:B], pol[B:], ref[:B], ref[B:]
+        if cfg.objective == "gdpo-full":
+            M = int(b.m.max())
+            def grid(v: Tensor) -> Tensor:
+                return v.new_zeros(B, M).index_put((b.owner, b.slot), v)
+            mask = torch.zeros(B, M, dtype=torch.bool, device=self.device).index_put(
+                (b.owner, b.slot), torch.tensor(True, device=self.device))
+            loss, diag = obj.gdpo_full(pw, grid(pl), rw, grid(rl), beta=cfg.beta, T=cfg.T,
+                                       loser_mask=None if bool(mask.all()) else mask)
+            diag["chance_loss"] = torch.log1p(b.m).mean()
+            return loss, diag
+        if cfg.objective == "flow-dpo":
+            loss, diag = obj.flow_dpo(pw, pl, rw, rl, beta=cfg.beta, T=cfg.T)
+            diag["chance_loss"] = torch.tensor(math.log(2.0), device=self.device)
+            return loss, diag
+        alpha = gamma = None
+        if cfg.use_pgr:
+            alpha, gamma = obj.pgr_weights(b.sa, b.pc, **cfg.pgr.model_dump())
+        loss, diag = obj.phygdpo(pw, pl, rw, rl, m=b.m, alpha=alpha, gamma=gamma, beta=cfg.beta, T=cfg.T)
+        g = torch.ones_like(b.m) if gamma is None else gamma
+        diag["chance_loss"] = (b.m * g).mean() * math.log(2.0)  # the loss at zero margin
+        return loss, diag
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, batch: _Batch, lr: float) -> dict:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, diag = self._loss(batch)
+        self.accelerator.backward(loss)
+        max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
+        grad_norm = torch.as_tensor(self.accelerator.clip_grad_norm_(self.params, max_norm))
+        keys = [k for k, v in diag.items() if v is not None]
+        values = torch.stack([loss.detach().float(), grad_norm.float().to(loss.device),
+                              batch.t.mean().float()] + [diag[k].float() for k in keys])
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, "mean")
+        loss_v, norm_v, t_mean, *rest = values.tolist()  # the step's one host sync
+        reason = None
+        if not math.isfinite(loss_v):
+            reason = "non-finite loss"
+        elif not math.isfinite(norm_v):
+            reason = "non-finite gradient"
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        rec = {"loss": loss_v, "grad_norm": norm_v, "lr": lr, "t_mean": t_mean,
+               "margin": None, "accuracy": None, "alpha_mean": None, "gamma_mean": None}
+        rec.update(zip(keys, rest))
+        rec.update(skipped=reason is not None, reason=reason)
+        return rec
+
+    # ------------------------------------------------------------------ a round
+    def train_round(self, groups: Sequence[GroupSample]) -> TrainSummary:
+        """Run ``config.steps`` steps on this round's groups; returns what happened."""
+        cfg = self.config
+        summary = TrainSummary(round=self.round, groups=len(groups))
+        if not groups:
+            summary.stop_reason = "no trainable groups"
+            self.round += 1
+            return summary
+        for i, g in enumerate(groups):
+            if g.losers.dim() != g.winner.dim() + 1 or g.losers.shape[0] < 1:
+                raise ValueError(f"group {i} needs losers shaped (m ≥ 1, *winner.shape)")
+            if g.loser_sa.shape[0] != g.losers.shape[0] or g.loser_pc.shape[0] != g.losers.shape[0]:
+                raise ValueError(f"group {i} has {g.losers.shape[0]} losers but "
+                                 f"{g.loser_sa.shape[0]}/{g.loser_pc.shape[0]} sa/pc scores")
+        if len({(tuple(g.winner.shape), tuple(g.text.shape)) for g in groups}) > 1:
+            raise ValueError("all groups of a round must share latent and text shapes")
+
+        gen = self._generator()
+        stream = _GroupStream(len(groups), gen)
+        snapshot = ([_cpu_clone(p) for p in self.params], _cpu_clone(self.optimizer.state_dict()))
+        guard = _DivergenceGuard(cfg)
+        was_training = self.transformer.training
+        self.model.train()
+        start = time.perf_counter()
+        try:
+            for k in range(cfg.steps):
+                t0 = time.perf_counter()
+                lr = cosine_lr(k, cfg.steps, cfg.lr, cfg.lr_min, cfg.warmup_steps)
+                rec = self._step(self._sample(groups, stream, gen), lr)
+                rec = {"round": self.round, "step": k, "global_step": self.global_step, **rec,
+                       "seconds": time.perf_counter() - t0}
+                chance = rec.pop("chance_loss", None)
+                self.global_step += 1
+                summary.steps += 1
+                summary.history.append(rec)
+                if rec["skipped"]:
+                    summary.skipped += 1
+                    summary.skip_reasons[rec["reason"]] = summary.skip_reasons.get(rec["reason"], 0) + 1
+                else:
+                    summary.updates += 1
+                if self.on_step is not None and self.accelerator.is_main_process:
+                    self.on_step(rec)
+                stop = guard.update(rec["loss"], chance)
+                if stop is not None:
+                    self._restore(snapshot)
+                    summary.restored, summary.stop_reason = True, stop
+                    log.warning("round %d: %s; adapter restored to the round's start", self.round, stop)
+                    break
+        finally:
+            self.transformer.train(was_training)
+        self.round += 1
+        summary.seconds = time.perf_counter() - start
+        finite = [h for h in summary.history if math.isfinite(h["loss"])]
+        if finite:
+            summary.loss_mean = float(np.mean([h["loss"] for h in finite]))
+            summary.loss_last = finite[-1]["loss"]
+            for key in ("margin", "accuracy"):
+                vals = [h[key] for h in finite if h[key] is not None]
+                setattr(summary, f"{key}_mean", float(np.mean(vals)) if vals else None)
+        return summary
+
+    def _restore(self, snapshot) -> None:
+        params, opt_state = snapshot
+        with torch.no_grad():
+            for p, saved in zip(self.params, params):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(opt_state)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        """Adapter (diffusers LoRA format) + optimizer state and counters, for resuming."""
+        directory = Path(directory)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_adapter(self.transformer, directory)
+            torch.save({"optimizer": self.optimizer.state_dict(), "round": self.round,
+                        "global_step": self.global_step}, directory / STATE_NAME)
+            (directory / CONFIG_NAME).write_text(json.dumps(self.config.model_dump(), indent=2))
+        self.accelerator.wait_for_everyone()
+        return directory
+
+    def load(self, directory: str | Path) -> None:
+        """Resume from :meth:`save`: adapter weights, optimizer state, round and step counters."""
+        directory = Path(directory)
+        load_adapter(self.transformer, directory)
+        state_path = directory / STATE_NAME
+        if not state_path.exists():
+            raise FileNotFoundError(f"no trainer state at {state_path} (was it saved by Trainer.save?)")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.round, self.global_step = int(state["round"]), int(state["global_step"])

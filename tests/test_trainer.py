@@ -1,0 +1,234 @@
+"""The trainer on a tiny random WanTransformer3DModel: it learns in the right direction, wires
+the objectives exactly, skips non-finite steps, restores on divergence and resumes."""
+
+import copy
+import math
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from pydantic import ValidationError
+
+from policy.base import GroupSample
+from policy.lora import lora_named_parameters, reference_mode
+from policy.objectives import flow_matching_error
+from policy.trainer import (TrainConfig, Trainer, _DivergenceGuard, cosine_lr,
+                            sample_timesteps)
+
+TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=3,
+            out_channels=3, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=1)
+SHAPE = (3, 4, 8, 8)
+
+
+def tiny_transformer(seed: int = 0) -> WanTransformer3DModel:
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(**TINY)
+
+
+def make_groups(n: int = 4, m: int = 3, seed: int = 0, ms: list[int] | None = None) -> list[GroupSample]:
+    """Winners: smooth moving blobs; losers: noise — an easy preference to learn."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.linspace(-1, 1, 8)
+    groups = []
+    for i, k in enumerate(ms or [m] * n):
+        frames = [torch.exp(-((grid[None] - 0.2 * f + 0.3) ** 2 + grid[:, None] ** 2) * 4) for f in range(4)]
+        winner = torch.stack(frames)[None].repeat(3, 1, 1, 1) * 2 - 1
+        groups.append(GroupSample(text=torch.randn(6, 32, generator=g), winner=winner,
+                                  losers=torch.randn(k, *SHAPE, generator=g).clamp(-1, 1),
+                                  loser_sa=torch.rand(k, generator=g), loser_pc=torch.rand(k, generator=g)))
+    return groups
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(steps=4, groups_per_step=2, lr=1e-3, lr_min=1e-4, lora_rank=4, lora_alpha=4)
+    return TrainConfig(**{**base, **kw})
+
+
+def lora_snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in lora_named_parameters(model)}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def mean_pair_difference(model, groups, draws: int = 16, seed: int = 5) -> float:
+    """E[(ℓθ^w − ℓψ^w) − (ℓθ^l − ℓψ^l)] over fresh noise and timesteps (negative = learned)."""
+    g = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for grp in groups:
+        x0 = torch.cat([grp.winner[None].expand(draws, *SHAPE), grp.losers[torch.arange(draws) % len(grp.losers)]])
+        noise = torch.randn(draws, *SHAPE, generator=g)
+        t = torch.rand(draws, generator=g)
+        x1, tt = torch.cat([noise, noise]), torch.cat([t, t])
+        x_t = (1 - tt.view(-1, 1, 1, 1, 1)) * x0 + tt.view(-1, 1, 1, 1, 1) * x1
+        kw = dict(hidden_states=x_t, timestep=tt * 1000, encoder_hidden_states=grp.text[None].expand(2 * draws, -1, -1),
+                  return_dict=False)
+        with torch.no_grad():
+            pol = flow_matching_error(model(**kw)[0], x0, x1)
+            with reference_mode(model):
+                ref = flow_matching_error(model(**kw)[0], x0, x1)
+        diff = pol - ref
+        total += (diff[:draws] - diff[draws:]).sum().item()
+        count += draws
+    return total / count
+
+
+def test_phygdpo_moves_the_policy_towards_winners():
+    model = tiny_transformer()
+    groups = make_groups()
+    trainer = Trainer(model, config(steps=25, groups_per_step=4))
+    assert mean_pair_difference(model, groups) == 0.0  # B = 0: policy ≡ reference
+    base = {n: p.clone() for n, p in model.named_parameters() if "lora_" not in n}
+    summary = trainer.train_round(groups)
+    assert summary.updates == 25 and not summary.restored
+    assert mean_pair_difference(model, groups) < 0  # winners' error fell relative to losers'
+    assert summary.history[-1]["margin"] > 0 and summary.history[-1]["accuracy"] > 0.5
+    assert summary.history[-1]["loss"] < summary.history[0]["loss"]
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_first_step_losses_are_the_chance_levels():
+    """At the start of round 0 the policy equals the reference exactly (d = 0), so each DPO loss
+    sits at its zero-margin value: flow-dpo log 2, gdpo-full mean log(1 + m), phygdpo-without-PGR
+    mean m·log 2 — this checks the batching/masking of variable-size groups."""
+    groups = make_groups(ms=[3, 2])
+    first = {}
+    for objective, extra in [("flow-dpo", {}), ("gdpo-full", {}), ("phygdpo", {"use_pgr": False})]:
+        trainer = Trainer(tiny_transformer(), config(objective=objective, steps=1, **extra))
+        first[objective] = trainer.train_round(groups).history[0]
+    assert first["flow-dpo"]["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert first["gdpo-full"]["loss"] == pytest.approx((math.log(4) + math.log(3)) / 2, rel=1e-6)
+    assert first["phygdpo"]["loss"] == pytest.approx((3 + 2) / 2 * math.log(2), rel=1e-6)
+    assert first["phygdpo"]["margin"] == 0.0 and first["phygdpo"]["accuracy"] == 0.0
+
+
+def test_phygdpo_without_pgr_is_m_times_flow_dpo_on_the_same_draws():
+    groups = make_groups(m=4)
+    model = tiny_transformer()
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    # one warm-up round of flow-dpo makes d ≠ 0; both copies then start round 1 from the same adapter
+    Trainer(model, config(objective="flow-dpo", steps=3)).train_round(groups)
+    for copy_ in (a, b):
+        copy_.load_state_dict(model.state_dict(), strict=False)
+    ta = Trainer(a, config(objective="phygdpo", use_pgr=False, steps=1))
+    tb = Trainer(b, config(objective="flow-dpo", steps=1))
+    for t in (ta, tb):
+        t.round = 1
+    ha, hb = ta.train_round(groups).history[0], tb.train_round(groups).history[0]
+    assert hb["margin"] != 0.0
+    assert ha["loss"] == pytest.approx(4 * hb["loss"], rel=1e-6)
+    assert ha["margin"] == pytest.approx(hb["margin"], rel=1e-6)
+
+
+def test_winner_and_loser_share_noise_and_timestep():
+    # with losers identical to the winner, a shared (noise, t) gives identical errors: d = 0 always
+    groups = make_groups()
+    for g in groups:
+        g.losers = g.winner[None].repeat(3, 1, 1, 1, 1)
+    summary = Trainer(tiny_transformer(), config(objective="flow-dpo", steps=3)).train_round(groups)
+    assert all(h["margin"] == 0.0 for h in summary.history)
+
+
+def test_non_finite_loss_skips_the_update():
+    model = tiny_transformer()
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # step 2's policy pass (calls: ref, policy per step)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            return (output[0] * float("nan"),)
+
+    model.register_forward_hook(poison)
+    snapshots = []
+    trainer = Trainer(model, config(steps=4), on_step=lambda rec: snapshots.append(lora_snapshot(model)))
+    summary = trainer.train_round(make_groups())
+    skipped = [h for h in summary.history if h["skipped"]]
+    assert [h["step"] for h in skipped] == [2] and skipped[0]["reason"] == "non-finite loss"
+    assert summary.skipped == 1 and summary.updates == 3 and summary.skip_reasons == {"non-finite loss": 1}
+    assert same(snapshots[2], snapshots[1])  # the adapter did not move on the skipped step
+    assert not same(snapshots[3], snapshots[2])  # and training went on afterwards
+    assert all(torch.isfinite(p).all() for p in snapshots[3].values())
+
+
+def test_divergence_restores_the_rounds_starting_adapter_and_optimizer():
+    model = tiny_transformer()
+    trainer = Trainer(model, config(steps=3))
+    trainer.train_round(make_groups())
+    start = lora_snapshot(model)
+    opt_state = copy.deepcopy(trainer.optimizer.state_dict())
+    trainer.config = trainer.config.model_copy(update={"guard_max_loss": 1e-9, "guard_patience": 2, "steps": 5})
+    summary = trainer.train_round(make_groups(seed=1))
+    assert summary.restored and summary.steps == 2 and "loss above" in summary.stop_reason
+    assert summary.updates == 2  # it did train …
+    assert same(lora_snapshot(model), start)  # … and was put back exactly
+    restored = trainer.optimizer.state_dict()["state"]
+    assert all(torch.equal(restored[i]["exp_avg"], opt_state["state"][i]["exp_avg"]) for i in restored)
+
+
+def test_divergence_guard_rules():
+    cfg = config(guard_loss_factor=10.0, guard_baseline_steps=2, guard_patience=2, guard_rise_steps=3)
+    guard = _DivergenceGuard(cfg)
+    # baseline = max(mean(1, 1), chance 2) = 2 → threshold 20; one spike is tolerated
+    assert [guard.update(x, chance=2.0) for x in (1.0, 1.0, 25.0, 1.0)] == [None] * 4
+    assert guard.update(30.0, 2.0) is None and "above 20" in guard.update(30.0, 2.0)
+    guard = _DivergenceGuard(cfg)
+    assert [guard.update(x, None) for x in (1.0, 1.1, 1.2)] == [None] * 3
+    assert "rose for 3" in guard.update(1.3, None)
+    guard = _DivergenceGuard(cfg)
+    assert guard.update(math.nan, None) is None and "non-finite" in guard.update(math.inf, None)
+
+
+def test_save_and_resume_continue_identically(tmp_path):
+    groups = make_groups()
+    a = Trainer(tiny_transformer(), config())
+    a.train_round(groups)
+    a.save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"pytorch_lora_weights.safetensors", "trainer_state.pt",
+                                                    "train_config.json"}
+    b = Trainer(tiny_transformer(), config())
+    b.load(tmp_path)
+    assert (b.round, b.global_step) == (1, 4) and same(lora_snapshot(b.transformer), lora_snapshot(a.transformer))
+    ha, hb = a.train_round(groups).history, b.train_round(groups).history
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+    assert same(lora_snapshot(a.transformer), lora_snapshot(b.transformer))
+
+
+def test_gradient_checkpointing_gives_the_same_step():
+    groups = make_groups()
+    plain = Trainer(tiny_transformer(), config(steps=2)).train_round(groups).history
+    ckpt = Trainer(tiny_transformer(), config(steps=2, gradient_checkpointing=True)).train_round(groups).history
+    for p, c in zip(plain, ckpt):
+        assert c["loss"] == pytest.approx(p["loss"], rel=1e-5)
+        assert c["grad_norm"] == pytest.approx(p["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["rwr", "sft", "gdpo-full"])
+def test_other_objectives_train(objective):
+    model = tiny_transformer()
+    trainer = Trainer(model, config(objective=objective, steps=2, reference="full-copy"))
+    before = lora_snapshot(model)
+    summary = trainer.train_round(make_groups(ms=[3, 2, 4]))
+    assert summary.updates == 2 and all(math.isfinite(h["loss"]) for h in summary.history)
+    assert not same(lora_snapshot(model), before)
+
+
+def test_lr_schedule_and_timesteps():
+    assert cosine_lr(0, 10, 1e-5, 1e-6) == pytest.approx(1e-5)
+    assert cosine_lr(5, 10, 1e-5, 1e-6) == pytest.approx(5.5e-6)  # half-way: (lr + lr_min)/2
+    assert cosine_lr(10, 10, 1e-5, 1e-6) == pytest.approx(1e-6)
+    assert cosine_lr(0, 10, 1e-5, 1e-6, warmup_steps=4) == pytest.approx(2e-6)  # (0+1)/(4+1)·lr
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(4000, config(timestep_sampling="logit-normal"), g)
+    shifted = sample_timesteps(4000, config(timestep_sampling="logit-normal", timestep_shift=3.0), g)
+    assert 0 < t.min() and t.max() < 1 and abs(t.mean().item() - 0.5) < 0.02
+    assert shifted.mean() > t.mean() + 0.1  # shift > 1 moves training towards noise, as Wan's sampler
+
+
+def test_config_is_strict_and_empty_rounds_are_reported():
+    with pytest.raises(ValidationError):
+        TrainConfig(objective="phygdpo", learning_rate=1e-5)
+    with pytest.raises(ValidationError, match="lr_min"):
+        TrainConfig(lr=1e-6, lr_min=1e-5)
+    summary = Trainer(tiny_transformer(), config()).train_round([])
+    assert summary.steps == 0 and summary.stop_reason == "no trainable groups"

@@ -1,0 +1,134 @@
+"""VLM judge: parsing and normalisation, one re-ask then unjudged, fault kinds, batch order."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from reward.base import Judge
+from reward.vlm.answers import AnswerProblem, extract_json_object, parse_answer
+from reward.vlm.config import VLMConfig
+from reward.vlm.judge import Judgement, VLMJudge, normalise
+from tests.vlm_server import (LoopbackVLM, answer, empty_choices, judgement, refusal_field,
+                              refusal_text, truncated)
+
+CLIP = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+
+
+def make_judge(srv: LoopbackVLM, **kw) -> VLMJudge:
+    return VLMJudge(VLMConfig(base_urls=[srv.base_url], model="m", timeout_s=2.0, max_retries=1,
+                              backoff_base_s=0.01, n_frames=4, **kw))
+
+
+def test_is_a_judge():
+    assert isinstance(VLMJudge(VLMConfig()), Judge)
+
+
+@pytest.mark.parametrize("sa,pc,verdict", [(1, 5, "Reject"), (4, 3, "Accept"), (5, 2, "reject")])
+def test_valid_answer_is_normalised(sa, pc, verdict):
+    reply = judgement(sa=sa, pc=pc, verdict=verdict, rationale="frame 5: ball sinks into floor")
+    with LoopbackVLM([reply]) as srv:
+        judge = make_judge(srv)
+        score = judge.score("a ball drops", CLIP)
+    assert score.judged and score.error is None
+    assert score.sa == pytest.approx((sa - 1) / 4) and score.pc == pytest.approx((pc - 1) / 4)
+    assert score.accept is (verdict.lower() == "accept")
+    assert score.rationale == "frame 5: ball sinks into floor"
+    assert json.loads(score.raw) == [reply.content]
+    assert score.details["semantic_adherence_1to5"] == sa and score.details["asks"] == 1
+    assert sum(judge.faults.snapshot().values()) == 0
+
+
+def test_fenced_json_and_prose_are_tolerated():
+    fenced = judgement(sa=3, pc=3, fenced=True)
+    prose = answer('Here is my judgement: {"semantic_adherence": 2, "physical_commonsense": 4, '
+                   '"verdict": "Reject", "rationale": "no bounce"} Hope this helps.')
+    with LoopbackVLM([fenced, prose]) as srv:
+        judge = make_judge(srv)
+        a, b = judge.score("p", CLIP), judge.score("p", CLIP)
+    assert a.judged and a.sa == 0.5
+    assert b.judged and (b.sa, b.pc, b.accept) == (0.25, 0.75, False)
+
+
+def test_malformed_twice_is_unjudged_after_one_reask():
+    with LoopbackVLM([truncated(), truncated(), judgement()]) as srv:
+        judge = make_judge(srv)
+        score = judge.score("p", CLIP)
+    assert not score.judged and score.sa is None and score.pc is None and score.accept is None
+    assert score.error.startswith("malformed")
+    assert len(srv.requests) == 2  # exactly one re-ask, the third scripted answer is never asked for
+    raws = json.loads(score.raw)
+    assert len(raws) == 2 and all(r == truncated().content for r in raws)
+    reask = srv.requests[1]["messages"]
+    assert reask[-2] == {"role": "assistant", "content": truncated().content}
+    assert reask[-1]["role"] == "user" and "could not be used" in reask[-1]["content"]
+    assert judge.faults.snapshot()["malformed"] == 2
+
+
+def test_reask_recovers():
+    with LoopbackVLM([truncated(), judgement(sa=5, pc=5)]) as srv:
+        judge = make_judge(srv)
+        score = judge.score("p", CLIP)
+    assert score.judged and score.sa == 1.0 and score.details["asks"] == 2
+    assert len(json.loads(score.raw)) == 2  # both answers kept
+
+
+@pytest.mark.parametrize("bad,kind", [
+    ({"semantic_adherence": 7, "physical_commonsense": 3, "verdict": "Accept", "rationale": "x"}, "out_of_range"),
+    ({"semantic_adherence": 0, "physical_commonsense": 3, "verdict": "Accept", "rationale": "x"}, "out_of_range"),
+    ({"semantic_adherence": 4, "physical_commonsense": 3, "verdict": "Maybe", "rationale": "x"}, "out_of_range"),
+    ({"semantic_adherence": 4, "verdict": "Accept", "rationale": "x"}, "malformed"),
+    ({"semantic_adherence": 4, "physical_commonsense": "good", "verdict": "Accept", "rationale": "x"}, "malformed"),
+    ({"semantic_adherence": 4.5, "physical_commonsense": 3, "verdict": "Accept", "rationale": "x"}, "malformed"),
+    ({"semantic_adherence": 4, "physical_commonsense": 3, "verdict": "Accept", "rationale": ""}, "out_of_range"),
+])
+def test_bad_fields_are_never_guessed(bad, kind):
+    with LoopbackVLM(default=answer(bad)) as srv:
+        judge = make_judge(srv)
+        score = judge.score("p", CLIP)
+    assert not score.judged and score.error.startswith(kind)
+    assert judge.faults.snapshot()[kind] == 2
+    assert json.loads(score.raw) == [json.dumps(bad)] * 2
+
+
+@pytest.mark.parametrize("reply,kind", [(refusal_text(), "refusal"), (refusal_field(), "refusal"),
+                                        (empty_choices(), "empty_choices")])
+def test_refusals_and_empty_choices(reply, kind):
+    with LoopbackVLM(default=reply) as srv:
+        judge = make_judge(srv)
+        score = judge.score("p", CLIP)
+    assert not score.judged and score.error.startswith(kind)
+    assert judge.faults.snapshot()[kind] == 2
+    assert len(srv.requests) == 2
+
+
+def test_batch_keeps_order_under_out_of_order_completion():
+    def by_prompt(body: dict):
+        text = " ".join(p["text"] for p in body["messages"][1]["content"] if p["type"] == "text")
+        i = int(re.search(r"prompt number (\d)", text).group(1))
+        return judgement(sa=1 + i % 5, pc=5 - i % 5, latency=0.05 * (5 - i))  # later ones finish first
+
+    with LoopbackVLM(default=by_prompt) as srv:
+        judge = make_judge(srv, concurrency=5)
+        scores = judge.score_batch([(f"prompt number {i}", CLIP) for i in range(5)])
+    assert [s.sa for s in scores] == [normalise(1 + i % 5) for i in range(5)]
+    assert [s.pc for s in scores] == [normalise(5 - i % 5) for i in range(5)]
+    assert judge.score_batch([]) == []
+
+
+def test_parse_helpers():
+    assert extract_json_object('```json\n{"a": 1}\n```') == {"a": 1}
+    assert extract_json_object('```\n{"a": 1}\n```') == {"a": 1}
+    with pytest.raises(ValueError, match="JSON object"):
+        extract_json_object("[1, 2]")
+    with pytest.raises(ValueError):
+        extract_json_object('{"a": ')
+    ok = parse_answer('{"semantic_adherence": 2, "physical_commonsense": 1, "verdict": "ACCEPT", '
+                      '"rationale": "r", "extra": 1}', Judgement)
+    assert ok.verdict == "Accept"
+    with pytest.raises(AnswerProblem) as info:
+        parse_answer("nothing here", Judgement)
+    assert info.value.kind == "malformed"
