@@ -227,6 +227,47 @@ class Queries:
                 (*judge_args, run, *below_args, latest["r"]))
         return {r["category"]: r["score"] for r in rows}
 
+    # ------------------------------------------------------------ dataset prompts and their history
+
+    def dataset_prompts(self, *, source: str | None = None, category: str | None = None) -> list[dict]:
+        """Dataset prompts (of one ``source`` / ``category`` when given), ordered by id."""
+        clauses, args = ["1 = 1"], []
+        for col, val in (("source", source), ("category", category)):
+            if val is not None:
+                clauses.append(f"{col} = ?")
+                args.append(val)
+        with self._read():
+            rows = self._rows(f"SELECT * FROM prompts WHERE {' AND '.join(clauses)} ORDER BY id", args)
+        return [_loads(r, "curate_json") for r in rows]
+
+    def prompt_usage(self, run: str, *, split: str = "train") -> dict[str, int]:
+        """``{prompt_id: rounds it was planned in}`` for a run's split (the planner spreads use)."""
+        with self._read():
+            rows = self._rows("SELECT prompt_id, COUNT(*) AS n FROM round_prompts WHERE run = ? AND split = ? "
+                              "AND prompt_id IS NOT NULL GROUP BY prompt_id", (run, split))
+        return {r["prompt_id"]: r["n"] for r in rows}
+
+    def prompt_history(self, run: str, prompt_id: str, *, before_round: int, judge: str | None = None,
+                       split: str = "train") -> list[dict]:
+        """Earlier rounds' uses of a dataset prompt, oldest first: what the critic looks back on.
+
+        One dict per (round prompt, generated video) with ``round``, ``round_prompt_id``,
+        ``text`` (what was generated from), ``original``, ``video_id``, ``path``, ``group_index``,
+        and the score of ``judge`` (``sa``, ``pc``, ``accept``, ``judged``, ``rationale``,
+        ``details``; None when unscored).
+        """
+        judge_on = "AND s.judge = ?" if judge else ""
+        args = ((judge,) if judge else ()) + (run, prompt_id, split, int(before_round))
+        with self._read():
+            rows = self._rows(
+                "SELECT p.round, p.id AS round_prompt_id, p.text, p.original, v.id AS video_id, v.path, "
+                "v.group_index, s.sa, s.pc, s.accept, s.judged, s.rationale, s.details_json "
+                f"FROM round_prompts p JOIN videos v ON v.round_prompt_id = p.id AND v.kind = 'generated' "
+                f"LEFT JOIN scores s ON s.video_id = v.id {judge_on} "
+                "WHERE p.run = ? AND p.prompt_id = ? AND p.split = ? AND p.round < ? "
+                "ORDER BY p.round, v.group_index", args)
+        return [_loads(r, "details_json") for r in rows]
+
     # ------------------------------------------------------------ faults, files, resumption
 
     def fault_counts(self, run: str, round: int | None = None) -> dict[str, int]:

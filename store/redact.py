@@ -66,13 +66,14 @@ def _redact(obj: Any, secrets: list[str]) -> Any:
     if isinstance(obj, Mapping):
         out = {}
         for key, value in obj.items():
-            if looks_like_secret_key(str(key)) and value not in (None, ""):
+            if looks_like_secret_key(str(key)) and not (value is None or (isinstance(value, str) and not value)):
                 out[key] = REDACTED
             else:
                 out[key] = _redact(value, secrets)
         return out
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_redact(v, secrets) for v in obj)
+        items = [_redact(v, secrets) for v in obj]
+        return tuple(items) if type(obj) is tuple else items
     if isinstance(obj, str):
         return redact_text(obj, secrets)
     return obj

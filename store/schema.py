@@ -10,55 +10,55 @@ key (run names may not contain ``:``, see ``artifacts.validate_run_name``)::
 
 Times are ISO-8601 UTC strings. ``*_json`` columns hold JSON text. Booleans are 0/1.
 
-============== ============================================================================
-table          columns (PK = natural key; FK → parent, deleting the parent cascades)
-============== ============================================================================
-runs           name PK · created_at · updated_at · preset (preset file or name) ·
-               config_json (every config value, secrets redacted) · status
-               ('created'|'running'|'done'|'failed'|'stopped') · seed · notes
-rounds         (run FK runs, round) PK · status ('running'|'done'|'failed') · started_at ·
-               finished_at · seconds (wall time of the round) · notes.
-               A round's rows are complete once its status is 'done' (marked last).
-stage_times    (run, round FK rounds, stage) PK · seconds · finished_at
-prompts        id PK · text · category · level (detail level of the text) · source ·
-               real_video (path of the physically correct video, if any) · real_sha256 ·
-               curate_json (why/how it was curated) · created_at.  The prompt *dataset*;
-               shared by all runs.
-round_prompts  id PK · (run, round FK rounds, split 'train'|'heldout', idx) unique ·
-               prompt_id FK prompts (nullable) · category · original (text before
-               refinement) · text (the text actually generated from) · parent_id FK
-               round_prompts (the earlier prompt this one continues refining; nullable) ·
-               refine_steps · critique (last critique) · similarity (text vs original)
-refinements    (round_prompt_id FK round_prompts, step ≥ 1) PK · before · after ·
-               critique · similarity · accepted (1 if the rewrite was kept)
-videos         id PK · run · round (FK rounds) · split · prompt_idx · round_prompt_id FK
-               round_prompts · kind ('generated'|'real'|'eval') · group_index · seed ·
-               prompt_text (exact conditioning text) · path (relative to the run folder)
-               · sha256 · adapter_round (round whose LoRA made it; NULL = base model) ·
-               frames · height · width · fps · created_at
-scores         (video_id FK videos, judge) PK · sa · pc (both in [0, 1]) · accept ·
-               judged (0 when the judge gave no valid answer) · rationale · raw (the
-               judge's raw answer) · error (why unjudged) · attempts · seconds (latency)
-               · details_json · created_at
-train_steps    (run, round FK rounds, step) PK · loss · margin (implicit reward margin) ·
-               accuracy (preference accuracy) · grad_norm · lr · skipped · reason (why
-               skipped) · alpha_mean · gamma_mean (PGR weights) · extra_json
-train_summaries(run, round FK rounds) PK · objective · steps · groups_used ·
-               groups_skipped · skip_reasons_json ({reason: count}) · restored (1 when
-               the adapter was rolled back) · seconds · extra_json
-evaluations    (run, round FK rounds, judge, refine 0|1) PK · n · threshold (default
-               0.75) · joint_success (share with sa ≥ t and pc ≥ t) · mean_sa · mean_pc ·
-               accept_rate · per_category_json ({category: {n, joint_success, …}}) ·
-               created_at
-category_stats (run, round FK rounds, category) PK · score S(k) · difficulty d_k = 1 − S(k)
-               · weight r_k = exp(τ·d_k) · allocation H_r(k) · available H_f(k)
-adapters       (run, round FK rounds) PK · path (relative to the run folder) · sha256 ·
-               bytes · created_at
-events         (run FK runs, round (−1 = not tied to a round), stage, kind, key) PK ·
-               count · message · created_at.  Faults and notable events (judge
-               timeouts, malformed answers, skipped groups, …); ``key`` names the
-               thing it happened to (e.g. a video id) so a retry overwrites, not adds.
-============== ============================================================================
+================ ============================================================================
+table            columns (PK = natural key; FK → parent, deleting the parent cascades)
+================ ============================================================================
+runs             name PK · created_at · updated_at · preset (preset file or name) ·
+                 config_json (every config value, secrets redacted) · status
+                 ('created'|'running'|'done'|'failed'|'stopped') · seed · notes
+rounds           (run FK runs, round) PK · status ('running'|'done'|'failed') · started_at ·
+                 finished_at · seconds (wall time of the round) · notes.
+                 A round's rows are complete once its status is 'done' (marked last).
+stage_times      (run, round FK rounds, stage) PK · seconds · finished_at
+prompts          id PK · text · category · level (detail level of the text) · source ·
+                 real_video (path of the physically correct video, if any) · real_sha256 ·
+                 curate_json (why/how it was curated) · created_at.  The prompt *dataset*;
+                 shared by all runs.
+round_prompts    id PK · (run, round FK rounds, split 'train'|'heldout', idx) unique ·
+                 prompt_id FK prompts (nullable) · category · original (text before
+                 refinement) · text (the text actually generated from) · parent_id FK
+                 round_prompts (the earlier prompt this one continues refining; nullable) ·
+                 refine_steps · critique (last critique) · similarity (text vs original)
+refinements      (round_prompt_id FK round_prompts, step ≥ 1) PK · before · after ·
+                 critique · similarity · accepted (1 if the rewrite was kept)
+videos           id PK · run · round (FK rounds) · split · prompt_idx · round_prompt_id FK
+                 round_prompts · kind ('generated'|'real'|'eval') · group_index · seed ·
+                 prompt_text (exact conditioning text) · path (relative to the run folder)
+                 · sha256 · adapter_round (round whose LoRA made it; NULL = base model) ·
+                 frames · height · width · fps · created_at
+scores           (video_id FK videos, judge) PK · sa · pc (both in [0, 1]) · accept ·
+                 judged (0 when the judge gave no valid answer) · rationale · raw (the
+                 judge's raw answer) · error (why unjudged) · attempts · seconds (latency)
+                 · details_json · created_at
+train_steps      (run, round FK rounds, step) PK · loss · margin (implicit reward margin) ·
+                 accuracy (preference accuracy) · grad_norm · lr · skipped · reason (why
+                 skipped) · alpha_mean · gamma_mean (PGR weights) · extra_json
+train_summaries  (run, round FK rounds) PK · objective · steps · groups_used ·
+                 groups_skipped · skip_reasons_json ({reason: count}) · restored (1 when
+                 the adapter was rolled back) · seconds · extra_json
+evaluations      (run, round FK rounds, judge, refine 0|1) PK · n · threshold (default
+                 0.75) · joint_success (share with sa ≥ t and pc ≥ t) · mean_sa · mean_pc ·
+                 accept_rate · per_category_json ({category: {n, joint_success, …}}) ·
+                 created_at
+category_stats   (run, round FK rounds, category) PK · score S(k) · difficulty d_k = 1 − S(k)
+                 · weight r_k = exp(τ·d_k) · allocation H_r(k) · available H_f(k)
+adapters         (run, round FK rounds) PK · path (relative to the run folder) · sha256 ·
+                 bytes · created_at
+events           (run FK runs, round (−1 = not tied to a round), stage, kind, key) PK ·
+                 count · message · created_at.  Faults and notable events (judge
+                 timeouts, malformed answers, skipped groups, …); ``key`` names the
+                 thing it happened to (e.g. a video id) so a retry overwrites, not adds.
+================ ============================================================================
 
 Versions (``PRAGMA user_version``): 0 = empty file; 1 = the tables above; 2 = indexes
 for the dashboard's per-round queries. ``migrate`` applies the missing steps in order,

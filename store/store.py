@@ -68,6 +68,14 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
+def _relative(path: str | Path) -> str:
+    """Artifact paths are stored relative to the run folder, so a run folder can move."""
+    p = Path(path)
+    if p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"store paths relative to the run folder, without '..'; got {str(path)!r}")
+    return p.as_posix()
+
+
 def _fields(score: Any) -> dict:
     """A judge's Score (dataclass), a mapping, or any object with the same attributes → dict."""
     if dataclasses.is_dataclass(score) and not isinstance(score, type):
@@ -300,7 +308,7 @@ class Store(Queries):
         self._upsert("videos", [{
             "id": vid, "run": run, "round": int(round), "split": split, "prompt_idx": int(prompt_idx),
             "round_prompt_id": round_prompt_id(run, round, split, prompt_idx), "kind": kind,
-            "group_index": int(group_index), "seed": seed, "prompt_text": prompt_text, "path": str(path),
+            "group_index": int(group_index), "seed": seed, "prompt_text": prompt_text, "path": _relative(path),
             "sha256": sha256, "adapter_round": adapter_round, "frames": frames, "height": height,
             "width": width, "fps": fps,
         }])
@@ -355,7 +363,7 @@ class Store(Queries):
 
     def record_adapter(self, run: str, round: int, *, path: str, sha256: str, bytes: int) -> None:
         """The LoRA adapter saved after round ``round`` (``path`` relative to the run folder)."""
-        self._upsert("adapters", [{"run": run, "round": int(round), "path": str(path), "sha256": sha256,
+        self._upsert("adapters", [{"run": run, "round": int(round), "path": _relative(path), "sha256": sha256,
                                    "bytes": int(bytes)}])
 
     # ------------------------------------------------------------ evaluation and planning

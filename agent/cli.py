@@ -1,0 +1,348 @@
+"""The ``agent`` command line.
+
+    agent run --rounds 5                 run the loop on the built-in physics world
+    agent run --preset smoke             a two-round check in about a minute
+    agent run --resume RUN               continue a run that crashed or was stopped
+    agent runs                           list runs
+    agent show RUN --round K             one round: prompts, refinements, scores, training
+    agent replay RUN                     re-render the dashboard round by round from the store
+    agent world render|judge|sample      the built-in world's tools
+
+Bad input gets a one-line ``error: …`` on stderr and exit code 2; nothing stored is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="phyloop: post-train text-to-video models to obey physics (plan → refine → generate → "
+                       "judge → PhyGDPO train → evaluate, round after round).")
+world_app = typer.Typer(no_args_is_help=True, help="The built-in physics world: render, judge and sample videos.")
+app.add_typer(world_app, name="world")
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """Raised for user errors; printed as one line, exit code 2."""
+
+
+def fail(message: str) -> None:
+    raise BadInput(message)
+
+
+def _runs_dir_opt(default: str = "runs"):
+    return typer.Option(default, "--runs-dir", help="folder holding the run database and run outputs")
+
+
+# ------------------------------------------------------------------ run
+@app.command()
+def run(
+    preset: str = typer.Option("default", "--preset", "-p", help="preset name in runs/ (default, smoke, "
+                               "wan2.1-1.3b, wan2.1-14b-8xh100) or a path to a TOML file"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="number of training rounds (≥ 1)"),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="run name (letters, digits, . _ -); "
+                                       "default: <preset>-<timestamp>"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="resume the named run where it stopped"),
+    overrides: List[str] = typer.Option([], "--set", "-s", help="override a config value, e.g. "
+                                        "--set train.steps=40 (repeatable)"),
+    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="where runs live (default: the preset's "
+                                           "runs_dir, 'runs')"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate the preset and print the plan; load nothing"),
+    plain: bool = typer.Option(False, "--plain", help="plain log lines instead of the live dashboard"),
+):
+    """Run the self-improvement loop (the built-in physics world unless the preset says otherwise)."""
+    from agent import loop
+    from agent.config import ConfigError, load_config
+
+    if rounds is not None and rounds < 1:
+        fail(f"--rounds must be at least 1, got {rounds}")
+    if resume is not None:
+        if overrides or dry_run or name:
+            fail("--resume takes the run's stored config; do not combine it with --set, --name or --dry-run")
+        rdir = runs_dir or "runs"
+        try:
+            cfg = loop.load_run_config(resume, rdir)
+        except loop.RunError as e:
+            fail(str(e))
+        if rounds is not None and rounds != cfg.rounds:
+            fail(f"run {resume!r} was started with {cfg.rounds} rounds; resume keeps that budget")
+        _execute(resume, cfg, plain, resume=True)
+        return
+
+    extra = list(overrides)
+    if rounds is not None:
+        extra.append(f"rounds={rounds}")
+    if runs_dir is not None:
+        extra.append(f"runs_dir={json.dumps(runs_dir)}")
+    try:
+        cfg, _ = load_config(preset, extra)
+    except ConfigError as e:
+        fail(str(e))
+    if dry_run:
+        from agent.plan_print import print_plan
+
+        print_plan(cfg, preset)
+        return
+    _check_backends(cfg)
+    try:
+        run_name = loop.prepare_run(cfg, preset=preset, name=name)
+    except loop.RunError as e:
+        fail(str(e))
+    _execute(run_name, cfg, plain, resume=False)
+
+
+def _check_backends(cfg) -> None:
+    """Fail fast, before anything is stored, on settings that cannot work on this machine."""
+    if cfg.generate.backend == "toy" and cfg.generate.toy.checkpoint:
+        if not Path(cfg.generate.toy.checkpoint).is_file():
+            fail(f"generate.toy.checkpoint {cfg.generate.toy.checkpoint!r} does not exist")
+    if cfg.generate.backend == "wan":
+        model = cfg.generate.wan.model
+        looks_local = model.startswith((".", "/", "~")) or os.sep in model and not _looks_like_hub_id(model)
+        if looks_local and not Path(model).expanduser().is_dir():
+            fail(f"model directory {model!r} does not exist")
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not Path(s).exists()
+
+
+def _execute(name: str, cfg, plain: bool, *, resume: bool) -> None:
+    from agent import loop
+    from agent.dashboard import Dashboard
+    from agent.runtime import open_store
+
+    console = Console()
+    store = open_store(cfg.runs_dir)
+    t0 = time.perf_counter()
+    try:
+        with Dashboard(store, name, cfg.rounds, console=console, live=False if plain else None) as ui:
+            loop.execute(name, cfg, ui=ui, resume=resume)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]stopped; continue with: agent run --resume {name}"
+                      + (f" --runs-dir {cfg.runs_dir}" if cfg.runs_dir != "runs" else ""))
+        raise typer.Exit(130)
+    finally:
+        store.close()
+    console.print(f"run [bold]{name}[/] finished in {time.perf_counter() - t0:.0f}s — "
+                  f"inspect with `agent show {name}` or `agent replay {name}`")
+
+
+# ------------------------------------------------------------------ inspection
+@app.command()
+def runs(runs_dir: str = _runs_dir_opt()):
+    """List the runs stored under --runs-dir."""
+    from rich.table import Table
+
+    from agent.runtime import open_store
+
+    _require_db(runs_dir)
+    store = open_store(runs_dir)
+    try:
+        rows = store.list_runs()
+    finally:
+        store.close()
+    t = Table(title=f"runs in {runs_dir}")
+    for col in ("name", "preset", "status", "rounds done", "created"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["preset"] or "", r["status"], str(max(0, (r["rounds_done"] or 0) - 1)),
+                  r["created_at"] or "")
+    Console().print(t)
+
+
+def _require_db(runs_dir: str) -> None:
+    from store import default_db_path
+
+    if not default_db_path(runs_dir).is_file():
+        fail(f"no runs under {runs_dir!r} (no database at {default_db_path(runs_dir)})")
+
+
+def _open_run(run: str, runs_dir: str):
+    from agent.runtime import open_store
+
+    _require_db(runs_dir)
+    store = open_store(runs_dir)
+    if store.get_run(run) is None:
+        store.close()
+        fail(f"no run named {run!r} under {runs_dir!r}")
+    return store
+
+
+@app.command()
+def show(run: str = typer.Argument(..., help="run name"),
+         round: Optional[int] = typer.Option(None, "--round", "-k", help="round to show (default: the last)"),
+         runs_dir: str = _runs_dir_opt()):
+    """Print one round: prompts and refinements, every video's scores, training and evaluation."""
+    from agent.replay import print_round
+
+    store = _open_run(run, runs_dir)
+    try:
+        rounds = [r["round"] for r in store.round_metrics(run, done_only=False)]
+        if not rounds:
+            fail(f"run {run!r} has no rounds yet")
+        k = rounds[-1] if round is None else round
+        if k not in rounds:
+            fail(f"run {run!r} has no round {k}; it has rounds {rounds[0]}–{rounds[-1]}")
+        print_round(store, run, k, Console())
+    finally:
+        store.close()
+
+
+@app.command()
+def replay(run: str = typer.Argument(..., help="run name"),
+           delay: float = typer.Option(0.0, "--delay", help="seconds to pause between rounds"),
+           export: Optional[Path] = typer.Option(None, "--export", help="also write the final dashboard to "
+                                                 "FILE.svg or FILE.html"),
+           runs_dir: str = _runs_dir_opt()):
+    """Re-render the dashboard round by round from the store alone (no model is loaded)."""
+    from agent.replay import replay_run
+
+    if export is not None and export.suffix.lower() not in (".svg", ".html"):
+        fail(f"--export must end in .svg or .html, got {export.name!r}")
+    store = _open_run(run, runs_dir)
+    try:
+        replay_run(store, run, Console(record=export is not None), delay=delay, export=export)
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------ the built-in world
+@world_app.command("render")
+def world_render(family: str = typer.Argument(..., help="drop, projectile, slide or collision"),
+                 seed: int = typer.Argument(0, help="scene seed"),
+                 out: Path = typer.Option(Path("scene.mp4"), "--out", "-o", help="output .mp4, .gif or .npy")):
+    """Render a scene's physically correct (real) video to a file and print its prompts."""
+    from reward.world.simulator import render, sample_scene
+    from store import write_video
+
+    try:
+        scene = sample_scene(family, seed)
+        _check_video_suffix(out)
+        write_video(out, _upscale(render(scene), out))
+    except ValueError as e:
+        fail(str(e))
+    print(f"wrote {out}")
+    for level, p in enumerate(scene.prompts):
+        print(f"  level {level}: {p}")
+
+
+@world_app.command("judge")
+def world_judge(video: Path = typer.Argument(..., help="video file (.npy, .mp4, .gif)"),
+                prompt: str = typer.Argument(..., help="the prompt the video should show")):
+    """Judge a video file against a prompt with the analytic physics judge."""
+    from reward.world.judge import PhysicsJudge
+    from store import read_video
+
+    if not prompt.strip():
+        fail("the prompt is empty")
+    try:
+        v = read_video(video)
+    except FileNotFoundError:
+        fail(f"no video at {video}")
+    except Exception as e:  # noqa: BLE001 — any decoder failure is bad input here
+        fail(f"cannot read video {video}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    s = PhysicsJudge().score(prompt, _downscale(v))
+    print(f"sa {s.sa:.2f}  pc {s.pc:.2f}  verdict {'Accept' if s.accept else 'Reject'}")
+    print(f"rationale: {s.rationale}")
+
+
+@world_app.command("sample")
+def world_sample(prompt: str = typer.Argument(..., help="prompt"),
+                 out: Path = typer.Option(Path("sample.mp4"), "--out", "-o", help="output .mp4, .gif or .npy"),
+                 seed: int = typer.Option(0, "--seed"),
+                 adapter: Optional[Path] = typer.Option(None, "--adapter", help="a round's adapter folder"),
+                 judge: bool = typer.Option(True, "--judge/--no-judge", help="also judge the sample")):
+    """Sample a clip from the built-in world's generator (optionally with a trained adapter)."""
+    from policy.toy import ToyGenerator
+    from store import write_video
+
+    if not prompt.strip():
+        fail("the prompt is empty")
+    _check_video_suffix(out)
+    if adapter is not None and not adapter.is_dir():
+        fail(f"no adapter folder at {adapter}")
+    gen = ToyGenerator.from_checkpoint()
+    if adapter is not None:
+        gen.load_adapter(adapter)
+    clip = gen.generate([prompt], [seed], 1)[0][0]
+    write_video(out, _upscale(clip.video, out))
+    print(f"wrote {out}")
+    if judge:
+        from reward.world.judge import PhysicsJudge
+
+        s = PhysicsJudge().score(prompt, clip.video)
+        print(f"sa {s.sa:.2f}  pc {s.pc:.2f}  verdict {'Accept' if s.accept else 'Reject'} — {s.rationale}")
+
+
+def _check_video_suffix(out: Path) -> None:
+    if out.suffix.lower() not in (".mp4", ".gif", ".npy"):
+        fail(f"output must end in .mp4, .gif or .npy, got {out.name!r}")
+
+
+UPSCALE = 8  # viewing files are written 8× larger (nearest neighbour); .npy keeps the exact pixels
+
+
+def _upscale(video, out: Path):
+    import numpy as np
+
+    if out.suffix.lower() == ".npy":
+        return video
+    return np.repeat(np.repeat(video, UPSCALE, axis=1), UPSCALE, axis=2)
+
+
+def _downscale(video):
+    """Undo ``_upscale`` for files this tool wrote (the judge works at the world's resolution)."""
+    from reward.world import physics as P
+
+    t, h, w, _ = video.shape
+    if h == w and h > P.SIZE and h % P.SIZE == 0:
+        f = h // P.SIZE
+        return video.reshape(t, P.SIZE, f, P.SIZE, f, 3).mean(axis=(2, 4)).round().astype("uint8")
+    return video
+
+
+# ------------------------------------------------------------------ entry point
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("PHYLOOP_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(args=argv, standalone_mode=False)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except typer.Exit as e:
+        return e.exit_code
+    except SystemExit as e:  # click's own usage errors already printed their message
+        return int(e.code or 0)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

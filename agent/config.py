@@ -1,0 +1,232 @@
+"""Run configuration: presets in ``runs/*.toml``, validated with pydantic, overridable from the CLI.
+
+A preset is a TOML file whose tables mirror :class:`RunConfig`. Every model forbids unknown
+keys, so a typo fails loudly with the key's name and the keys that are allowed. The whole
+resolved config (after overrides) is stored with the run, so a run can always be replayed
+and resumed with exactly the settings it started with.
+
+Overrides use dotted keys: ``--set train.steps=40 --set plan.tau=0``; values are parsed as
+TOML literals (``true``, ``3``, ``0.5``, ``"text"``, ``[1, 2]``), falling back to plain strings.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from policy.trainer import TrainConfig
+from policy.wan import WanConfig
+from reward.vlm.config import VLMConfig
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "runs"
+DEFAULT_PRESET = "default"
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not validate; the message is one readable line."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WorldDataConfig(_Model):
+    """The built-in world's prompt pool: scenes per family for training and held-out evaluation."""
+
+    train_scenes_per_family: int = Field(12, ge=1)
+    heldout_scenes_per_family: int = Field(8, ge=1)
+    train_level: int = Field(0, ge=0, le=2, description="prompt detail used for training prompts (0 = short)")
+    heldout_level: int = Field(0, ge=0, le=2, description="prompt detail of held-out prompts (0 = short)")
+
+
+class DataConfig(_Model):
+    source: Literal["world", "store"] = Field(
+        "world", description="'world': the built-in world's prompts and real videos; "
+        "'store': prompts imported with `agent data import` (with their real videos)")
+    world: WorldDataConfig = WorldDataConfig()
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share of imported prompts held out (source=store)")
+
+
+class PlanConfig(_Model):
+    prompts_per_round: int = Field(8, ge=1)
+    strategy: Literal["difficulty", "uniform"] = "difficulty"
+    tau: float = Field(3.0, ge=0, description="temperature of r_k = exp(τ d_k); 0 = equal shares")
+
+
+class RefineConfig(_Model):
+    enabled: bool = True
+    critic: Literal["rules", "vlm"] = "rules"
+    max_steps: int = Field(2, ge=0, description="critic rewrites per prompt per round")
+    min_change: float = Field(0.02, ge=0, le=1, description="stop when 1 − cosine(similarity) of a rewrite is below")
+    distil: bool = Field(False, description="train on the original prompt while generating with the refined one")
+    probe: bool = Field(True, description="judge one probe clip per rewrite to decide whether it helped")
+
+
+class ToyGenConfig(_Model):
+    checkpoint: str | None = Field(None, description="base checkpoint (.safetensors); default: the shipped one")
+    steps: int | None = Field(None, ge=1, description="sampling steps (default: the checkpoint's)")
+    guidance: float | None = Field(None, ge=1.0, description="classifier-free guidance (default: the checkpoint's)")
+    shift: float | None = Field(None, gt=0)
+    max_batch: int = Field(16, ge=1)
+
+
+class GenerateConfig(_Model):
+    backend: Literal["toy", "wan"] = "toy"
+    group_size: int = Field(4, ge=2, description="generated clips per prompt (the m losers)")
+    toy: ToyGenConfig = ToyGenConfig()
+    wan: WanConfig | None = None
+
+    @model_validator(mode="after")
+    def _backend_section(self) -> "GenerateConfig":
+        if self.backend == "wan" and self.wan is None:
+            raise ValueError("generate.backend = 'wan' needs a [generate.wan] table (model, height, width, …)")
+        return self
+
+
+class JudgeConfig(_Model):
+    backend: Literal["physics", "vlm"] = "physics"
+    vlm: VLMConfig | None = None
+    threshold: float = Field(0.75, ge=0, le=1, description="joint success: sa ≥ t and pc ≥ t (4 of 5 → 0.75)")
+
+    @model_validator(mode="after")
+    def _backend_section(self) -> "JudgeConfig":
+        if self.backend == "vlm" and self.vlm is None:
+            raise ValueError("judge backend 'vlm' needs a [judge.vlm] table (base_urls, model, …)")
+        return self
+
+
+class EvaluateConfig(_Model):
+    clips_per_prompt: int = Field(2, ge=1)
+    refine: bool = Field(False, description="also evaluate with prompt refinement at inference")
+    judge: JudgeConfig | None = Field(None, description="a second judge for evaluation (reward-hacking check)")
+
+
+class WinnerConfig(_Model):
+    policy: Literal["real", "best-accepted", "real-else-best"] = "real-else-best"
+
+
+class RunConfig(_Model):
+    rounds: int = Field(5, ge=1)
+    seed: int = 0
+    runs_dir: str = "runs"
+    processes: int = Field(1, ge=1, description="training processes (accelerate)")
+    data: DataConfig = DataConfig()
+    plan: PlanConfig = PlanConfig()
+    refine: RefineConfig = RefineConfig()
+    generate: GenerateConfig = GenerateConfig()
+    judge: JudgeConfig = JudgeConfig()
+    winner: WinnerConfig = WinnerConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "RunConfig":
+        if self.generate.backend == "toy" and self.data.source != "world":
+            raise ValueError("the toy generator only knows the built-in world: set data.source = 'world'")
+        return self
+
+
+# ------------------------------------------------------------------ loading
+def preset_path(preset: str) -> Path:
+    """A preset name (``runs/<name>.toml``) or a path to a TOML file."""
+    p = Path(preset)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"preset file {p} does not exist")
+        return p
+    cand = PRESET_DIR / f"{preset}.toml"
+    if not cand.is_file():
+        names = ", ".join(sorted(x.stem for x in PRESET_DIR.glob("*.toml")))
+        raise ConfigError(f"unknown preset {preset!r}; available: {names}")
+    return cand
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides to a nested dict (copying what it changes)."""
+    data = _deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = data
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a table")
+            node = nxt
+        node[parts[-1]] = _parse_value(value.strip())
+    return data
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def _one_line(err: ValidationError) -> str:
+    """The first validation problem as one line that names the key and what is allowed."""
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        model = _model_at(RunConfig, list(e["loc"])[:-1])
+        allowed = ", ".join(model.model_fields) if model else "?"
+        return f"unknown config key {loc!r}; allowed here: {allowed}"
+    msg = e["msg"]
+    extra = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"config key {loc!r}: {msg}{extra}"
+
+
+def _model_at(model: type[BaseModel], loc: list) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def validate(data: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+
+
+def load_config(preset: str = DEFAULT_PRESET, overrides: list[str] | None = None) -> tuple[RunConfig, dict]:
+    """Read a preset, apply overrides, validate. Returns the config and the raw (merged) dict."""
+    path = preset_path(preset)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"preset {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"preset {path} is not valid TOML: {e}") from None
+    data = apply_overrides(data, overrides or [])
+    return validate(data), data
+
+
+def dump(cfg: RunConfig) -> dict:
+    """Every value of the config (defaults included), JSON-able, for the store."""
+    return cfg.model_dump(mode="json")

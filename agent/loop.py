@@ -1,0 +1,103 @@
+"""Starting and resuming runs: the glue between the CLI, the store, the runtime and the graph."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import sqlite3
+from pathlib import Path
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from store import RunLayout, remove_stale_temps, validate_run_name
+
+from .config import ConfigError, RunConfig, dump, validate
+from .graph import build_graph, recursion_limit
+from .nodes import Nodes
+from .runtime import Runtime, open_store
+from .world_data import ensure_world_prompts
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or resume; the message is one readable line."""
+
+
+def default_run_name(preset: str) -> str:
+    stem = Path(preset).stem.replace(" ", "-")
+    return f"{stem}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run(cfg: RunConfig, *, preset: str, name: str | None) -> str:
+    """Validate the name, refuse to overwrite an existing run, store the run and its data."""
+    name = name or default_run_name(preset)
+    try:
+        validate_run_name(name)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    runs_dir = Path(cfg.runs_dir)
+    store = open_store(runs_dir)
+    try:
+        if store.get_run(name) is not None:
+            raise RunError(f"run {name!r} already exists; use `agent run --resume {name}` or another --name")
+        if cfg.data.source == "world":
+            ensure_world_prompts(store, cfg.data.world, runs_dir)
+        elif not store.dataset_prompts(source="train"):
+            raise RunError("data.source = 'store' but no prompts were imported (`agent data import FILE`)")
+        env = [cfg.judge.vlm.api_key_env] if cfg.judge.vlm and cfg.judge.vlm.api_key_env else []
+        store.create_run(name, dump(cfg), preset=preset, seed=cfg.seed, status="created", secret_env=env)
+    finally:
+        store.close()
+    return name
+
+
+def load_run_config(name: str, runs_dir: str | Path) -> RunConfig:
+    store = open_store(runs_dir)
+    try:
+        row = store.get_run(name)
+    finally:
+        store.close()
+    if row is None:
+        raise RunError(f"no run named {name!r} under {runs_dir}")
+    try:
+        return validate(row["config"])
+    except ConfigError as e:
+        raise RunError(f"stored config of run {name!r} no longer validates: {e}") from None
+
+
+def execute(name: str, cfg: RunConfig, *, ui=None, resume: bool = False) -> dict:
+    """Run (or resume) the graph to the end of the round budget; returns the final state."""
+    runs_dir = Path(cfg.runs_dir)
+    layout = RunLayout(runs_dir, name)
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(layout.run_dir)
+    store = open_store(runs_dir)
+    rt = Runtime(run=name, config=cfg, store=store, **({"ui": ui} if ui is not None else {}))
+    conn = sqlite3.connect(layout.run_dir / "graph.sqlite", check_same_thread=False)
+    try:
+        saver = SqliteSaver(conn)
+        graph = build_graph(Nodes(rt), saver)
+        config = {"configurable": {"thread_id": name}, "recursion_limit": recursion_limit(cfg.rounds)}
+        snapshot = graph.get_state(config)
+        started = bool(snapshot.values)
+        if resume and started:
+            rt.sync_adapter()
+            inputs = None
+        else:
+            _ = rt.trainer  # attach the LoRA with the run's seed before anything generates
+            inputs = {"run": name, "rounds": cfg.rounds, "round": 0}
+        store.set_run_status(name, "running")
+        try:
+            final = graph.invoke(inputs, config)
+        except BaseException as e:
+            status = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
+            store.set_run_status(name, status)
+            raise
+        store.set_run_status(name, "done")
+        return final
+    finally:
+        conn.close()
+        store.close()
+
+
+def delete_run_files(name: str, runs_dir: str | Path) -> None:
+    shutil.rmtree(RunLayout(Path(runs_dir), name).run_dir, ignore_errors=True)

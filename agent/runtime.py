@@ -1,0 +1,206 @@
+"""Builds a run's live parts from its config: generator, judges, critic, trainer, store, UI.
+
+The graph's nodes get everything through one :class:`Runtime`, so a node never decides
+which backend it talks to. Models load lazily: ``agent replay`` / ``agent show`` open the
+store alone and never touch torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from store import RunLayout, Store, default_db_path, verify
+
+from .config import JudgeConfig, RunConfig
+
+log = logging.getLogger("phyloop")
+
+
+class NullUI:
+    """The UI interface the nodes report to (the rich dashboard implements it)."""
+
+    def stage(self, round: int, stage: str, total: int | None = None) -> None: ...
+
+    def advance(self, done: int, total: int | None = None) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def round_done(self, run: str) -> None: ...
+
+
+def make_judge(cfg: JudgeConfig):
+    if cfg.backend == "physics":
+        from reward.world.judge import PhysicsJudge
+
+        return PhysicsJudge()
+    from reward.vlm.judge import VLMJudge
+
+    return VLMJudge(cfg.vlm)
+
+
+@dataclass
+class Runtime:
+    run: str
+    config: RunConfig
+    store: Store
+    ui: Any = field(default_factory=NullUI)
+    latents: dict = field(default_factory=dict)  # video id → latent made by this process (saves re-encoding)
+    _train_round: int | None = None
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.config.runs_dir)
+
+    @cached_property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.runs_dir, self.run)
+
+    # ------------------------------------------------------------------ backends (lazy)
+    @cached_property
+    def generator(self):
+        g = self.config.generate
+        if g.backend == "toy":
+            from policy.toy import ToyGenerator
+
+            overrides = {k: v for k, v in (("steps", g.toy.steps), ("guidance", g.toy.guidance),
+                                            ("shift", g.toy.shift), ("max_batch", g.toy.max_batch)) if v is not None}
+            return ToyGenerator.from_checkpoint(g.toy.checkpoint, **overrides)
+        from policy.wan import WanGenerator
+
+        return WanGenerator(g.wan)
+
+    @cached_property
+    def trainer(self):
+        from policy.trainer import Trainer
+
+        import torch
+
+        generator = self.generator
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.train.seed)  # the LoRA's initial weights are part of the run
+            return Trainer(generator.transformer, self.config.train, on_step=self._on_train_step)
+
+    @cached_property
+    def judge(self):
+        return make_judge(self.config.judge)
+
+    @cached_property
+    def eval_judge(self):
+        ej = self.config.evaluate.judge
+        return None if ej is None else make_judge(ej)
+
+    @cached_property
+    def critic(self):
+        if self.config.refine.critic == "rules":
+            from reward.world.critic import RuleCritic
+
+            return RuleCritic()
+        from reward.vlm.critic import VLMCritic
+
+        vlm = self.config.judge.vlm
+        if vlm is None:
+            raise ValueError("refine.critic = 'vlm' needs a [judge.vlm] table to reach the VLM")
+        return VLMCritic(vlm)
+
+    def judge_name(self, judge=None) -> str:
+        j = judge or self.judge
+        model = getattr(getattr(j, "config", None), "model", None)
+        return j.name if not model else f"{j.name}:{model}"
+
+    # ------------------------------------------------------------------ training bookkeeping
+    def _on_train_step(self, rec: dict) -> None:
+        k = self._train_round
+        if k is None:
+            return
+        self.store.record_train_step(
+            self.run, k, rec["step"], loss=_finite(rec.get("loss")), margin=_finite(rec.get("margin")),
+            accuracy=_finite(rec.get("accuracy")), grad_norm=_finite(rec.get("grad_norm")), lr=rec.get("lr"),
+            skipped=bool(rec.get("skipped")), reason=rec.get("reason"), alpha_mean=_finite(rec.get("alpha_mean")),
+            gamma_mean=_finite(rec.get("gamma_mean")), extra={"t_mean": rec.get("t_mean"), "seconds": rec.get("seconds"),
+                                                             "loss_raw": repr(rec.get("loss"))})
+        self.ui.advance(rec["step"] + 1, self.config.train.steps)
+
+    def save_trainer(self, path: Path) -> None:
+        """Save adapter + optimizer state into ``path`` atomically (a temp folder, then rename)."""
+        import shutil
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            self.trainer.save(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def init_adapter(self) -> None:
+        """Save the untrained LoRA as round 0's adapter (its B = 0: the base model exactly)."""
+        from store import path_bytes, sha256_dir
+
+        if self.store.adapter(self.run, 0) is not None:
+            return
+        rel = self.layout.adapter_relpath(0)
+        path = self.layout.path(rel)
+        self.save_trainer(path)
+        self.store.record_adapter(self.run, 0, path=rel, sha256=sha256_dir(path), bytes=path_bytes(path))
+
+    def load_round_adapter(self, round: int) -> None:
+        """Load round ``round``'s adapter and optimizer state, verified against its stored hash.
+
+        A half-written or tampered adapter stops the run instead of silently training from
+        the wrong weights.
+        """
+        row = self.store.adapter(self.run, round)
+        if row is None:
+            raise RuntimeError(f"run {self.run!r} has no adapter for round {round}")
+        path = self.layout.path(row["path"])
+        if not verify(path, row["sha256"]):
+            raise RuntimeError(f"adapter of round {round} at {path} does not match its stored hash")
+        self.trainer.load(path)
+
+    def reset_adapter(self, round: int) -> None:
+        """Put the generator back to the adapter saved after ``round`` (before redoing a round)."""
+        self.load_round_adapter(round)
+
+    def sync_adapter(self) -> int | None:
+        """After a restart: load the latest saved adapter; returns its round (None: none yet)."""
+        row = self.store.adapter(self.run)
+        if row is None:
+            return None
+        self.load_round_adapter(int(row["round"]))
+        return int(row["round"])
+
+    def latents_for(self, video_rows: list[dict]):
+        """Latents of stored videos: from this process's cache, else encoded from the files."""
+        import torch
+
+        from store import read_video
+
+        missing = [v for v in video_rows if v["id"] not in self.latents]
+        if missing:
+            enc = self.generator.encode_videos([read_video(self.layout.path(v["path"])) for v in missing])
+            for v, lat in zip(missing, enc):
+                self.latents[v["id"]] = lat
+        return torch.stack([self.latents[v["id"]] for v in video_rows])
+
+
+def _finite(x):
+    import math
+
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def open_store(runs_dir: str | os.PathLike) -> Store:
+    return Store.open(default_db_path(runs_dir))
