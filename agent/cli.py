@@ -219,6 +219,48 @@ def replay(run: str = typer.Argument(..., help="run name"),
         store.close()
 
 
+# ------------------------------------------------------------------ the VLM server
+@app.command("serve-vlm")
+def serve_vlm_cmd(
+    vllm: Path = typer.Option(..., "--vllm", help="the `vllm` executable or the Python of vLLM's own environment "
+                              "(vLLM pins its own torch; never install it beside phyloop)"),
+    model: str = typer.Option("Qwen/Qwen2.5-VL-7B-Instruct", "--model", help="VLM to serve"),
+    port: int = typer.Option(8000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", "--tp"),
+    max_model_len: int = typer.Option(32768, "--max-model-len"),
+    limit_images: int = typer.Option(8, "--limit-images", help="images per prompt (frames per video)"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="NAME of an env var holding the key "
+                                              "clients must send"),
+    wait_timeout: float = typer.Option(1800.0, "--wait-timeout", help="seconds to wait for the server to answer"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the vLLM command and exit"),
+):
+    """Start `vllm serve MODEL` for the judge, wait until it answers, print the base URL for a preset."""
+    from agent.serve_vlm import build_command, serve_vlm
+
+    argv = build_command(vllm, model, port, tensor_parallel_size, max_model_len, limit_images, host=host)
+    if dry_run:
+        import shlex
+
+        print(" ".join(shlex.quote(a) for a in argv))
+        return
+    if not vllm.exists():
+        fail(f"no vLLM executable at {vllm} (create its environment first; see README 'Running on GPUs')")
+    try:
+        server = serve_vlm(vllm, model, port, tensor_parallel_size, max_model_len, limit_images,
+                           wait_timeout=wait_timeout, host=host, api_key_env=api_key_env)
+    except ValueError as e:
+        fail(str(e))
+    print(f"vLLM is serving {model}; put this in your preset's [judge.vlm]:")
+    print(f'  base_urls = ["{server.base_url}"]')
+    print(f'  model = "{model}"')
+    print("Ctrl-C stops the server.")
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
 # ------------------------------------------------------------------ the built-in world
 @world_app.command("render")
 def world_render(family: str = typer.Argument(..., help="drop, projectile, slide or collision"),

@@ -1,0 +1,104 @@
+"""The CLI: --help everywhere, and bad input → one line on stderr, exit 2, the database untouched."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from agent.cli import main
+
+COMMANDS = [[], ["run"], ["runs"], ["show"], ["replay"], ["serve-vlm"], ["world"], ["world", "render"],
+            ["world", "judge"], ["world", "sample"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "agent")
+def test_help(cmd, capsys):
+    assert main([*cmd, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage:" in out and len(out.splitlines()) > 3
+
+
+@pytest.fixture()
+def db(tmp_path):
+    """A runs folder with one stored run; yields (runs_dir, sha256 of the database)."""
+    from store import Store, default_db_path
+
+    path = default_db_path(tmp_path)
+    with Store.open(path) as s:
+        s.create_run("keep", {"rounds": 1}, preset="smoke")
+    digest = lambda: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    before = digest()
+    yield tmp_path, before, digest
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: "), err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+BAD_RUNS = [
+    (["--rounds", "0"], "at least 1"),
+    (["--rounds", "-3"], "at least 1"),
+    (["--set", "train.stpes=3"], "train.stpes"),
+    (["--set", "generate.backend='gan'"], "generate.backend"),
+    (["--set", "nonsense"], "key.subkey=value"),
+    (["--preset", "no-such-preset"], "unknown preset"),
+    (["--name", "../escape"], "run name"),
+    (["--name", "a/b"], "run name"),
+    (["--name", "keep"], "already exists"),
+    (["--set", "generate.toy.checkpoint='/nope/x.safetensors'"], "does not exist"),
+    (["--resume", "missing-run"], "no run named"),
+]
+
+
+@pytest.mark.parametrize("args,expect", BAD_RUNS, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_bad_run_input(db, capsys, args, expect):
+    runs_dir, before, digest = db
+    assert main(["run", "--runs-dir", str(runs_dir), *args]) == 2
+    assert expect in one_line_error(capsys)
+    assert digest() == before
+
+
+def test_bad_preset_files(db, capsys, tmp_path):
+    runs_dir, before, digest = db
+    bad = tmp_path / "bad.toml"
+    for content in (b"rounds = = 2", b"\xff\xfe not utf8", b"[train]\nsteps = 'many'\n", b"rounds = 0\n"):
+        bad.write_bytes(content)
+        assert main(["run", "--runs-dir", str(runs_dir), "--preset", str(bad)]) == 2
+        one_line_error(capsys)
+    assert digest() == before
+
+
+def test_inspection_of_missing_runs(db, capsys):
+    runs_dir, before, digest = db
+    assert main(["show", "nope", "--runs-dir", str(runs_dir)]) == 2
+    assert "no run named" in one_line_error(capsys)
+    assert main(["replay", "nope", "--runs-dir", str(runs_dir)]) == 2
+    one_line_error(capsys)
+    assert main(["runs", "--runs-dir", str(runs_dir / "empty")]) == 2
+    one_line_error(capsys)
+    assert digest() == before
+
+
+def test_world_tools(tmp_path, capsys):
+    out = tmp_path / "drop.npy"
+    assert main(["world", "render", "drop", "3", "--out", str(out)]) == 0
+    assert out.is_file() and np.load(out).dtype == np.uint8
+    prompt = capsys.readouterr().out.splitlines()[1].split(": ", 1)[1]
+    assert main(["world", "judge", str(out), prompt]) == 0
+    assert "verdict Accept" in capsys.readouterr().out
+    # bad input
+    assert main(["world", "render", "spin", "0", "--out", str(out)]) == 2
+    assert "unknown scenario family" in one_line_error(capsys)
+    assert main(["world", "judge", str(tmp_path / "none.mp4"), "x"]) == 2
+    one_line_error(capsys)
+    corrupt = tmp_path / "bad.mp4"
+    corrupt.write_bytes(b"\x00not a video" * 10)
+    assert main(["world", "judge", str(corrupt), "a red ball is dropped"]) == 2
+    assert "cannot read video" in one_line_error(capsys)
+    assert main(["world", "judge", str(out), "  "]) == 2
+    one_line_error(capsys)
