@@ -219,6 +219,99 @@ def replay(run: str = typer.Argument(..., help="run name"),
         store.close()
 
 
+# ------------------------------------------------------------------ evaluation and artifacts
+@app.command("eval")
+def eval_cmd(run: str = typer.Argument(..., help="run name"),
+             round: Optional[int] = typer.Option(None, "--round", "-k", help="round to evaluate (default: last)"),
+             refine: bool = typer.Option(False, "--refine", help="also evaluate with prompt refinement at inference"),
+             baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="also evaluate round 0 for gains"),
+             overrides: List[str] = typer.Option([], "--set", "-s", help="override the stored config for this "
+                                                 "evaluation, e.g. a second judge: --set evaluate.judge.backend="
+                                                 "'vlm' --set evaluate.judge.vlm.model='…'"),
+             runs_dir: str = _runs_dir_opt()):
+    """Held-out evaluation of a round (joint success, sa, pc, accept rate, per category), by every judge."""
+    from agent.config import ConfigError, apply_overrides, dump, validate
+    from agent.evaluation import run_eval
+
+    store = _open_run(run, runs_dir)
+    try:
+        try:
+            cfg = validate(apply_overrides(dump(validate(store.get_run(run)["config"])), list(overrides)))
+        except ConfigError as e:
+            fail(str(e))
+        done = store.completed_rounds(run)
+        if not done:
+            fail(f"run {run!r} has no finished round to evaluate")
+        k = done[-1] if round is None else round
+        if store.adapter(run, k) is None:
+            fail(f"run {run!r} has no adapter for round {k}; finished rounds: {done}")
+        run_eval(run, cfg, store, k, refine=refine, baseline=baseline)
+    finally:
+        store.close()
+
+
+@app.command("export")
+def export_cmd(run: str = typer.Argument(..., help="run name"),
+               round: Optional[int] = typer.Option(None, "--round", "-k", help="round (default: last finished)"),
+               format: str = typer.Option("diffusers", "--format", "-f", help="diffusers | comfyui"),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (diffusers) or "
+                                                  ".safetensors file (comfyui)"),
+               runs_dir: str = _runs_dir_opt()):
+    """Export a round's LoRA for other tools: diffusers (`WanPipeline.load_lora_weights`) or ComfyUI."""
+    import shutil
+
+    from store import RunLayout, verify
+
+    if format not in ("diffusers", "comfyui"):
+        fail(f"--format must be 'diffusers' or 'comfyui', got {format!r}")
+    store = _open_run(run, runs_dir)
+    try:
+        done = store.completed_rounds(run)
+        k = (done[-1] if done else None) if round is None else round
+        row = None if k is None else store.adapter(run, k)
+        if row is None:
+            fail(f"run {run!r} has no adapter for round {k}")
+        src = RunLayout(Path(runs_dir), run).path(row["path"])
+        if not verify(src, row["sha256"]):
+            fail(f"the adapter of round {k} does not match its stored hash; not exporting it")
+    finally:
+        store.close()
+    if format == "comfyui":
+        from policy.export import export_comfyui
+
+        dest = out or Path(f"{run}-round{k}-comfyui.safetensors")
+        if dest.suffix != ".safetensors":
+            fail(f"a ComfyUI LoRA is one .safetensors file; got {dest.name!r}")
+        export_comfyui(src, dest)
+    else:
+        from policy.lora import WEIGHT_NAME
+
+        dest = out or Path(f"{run}-round{k}-lora")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / WEIGHT_NAME, dest / WEIGHT_NAME)
+    print(f"wrote {dest}")
+
+
+@app.command("grid")
+def grid_cmd(run: str = typer.Argument(..., help="run name"),
+             round: int = typer.Option(..., "--round", "-k", help="round"),
+             out: Path = typer.Option(Path("groups.mp4"), "--out", "-o", help=".mp4, .gif or .npy"),
+             runs_dir: str = _runs_dir_opt()):
+    """Write a round's groups as one video: each row a prompt, the winner beside its losers."""
+    from agent.grid import write_round_grid
+    from store import RunLayout
+
+    _check_video_suffix(out)
+    store = _open_run(run, runs_dir)
+    try:
+        write_round_grid(store, RunLayout(Path(runs_dir), run), run, round, Path(runs_dir), out)
+    except ValueError as e:
+        fail(str(e))
+    finally:
+        store.close()
+    print(f"wrote {out}")
+
+
 # ------------------------------------------------------------------ the VLM server
 @app.command("serve-vlm")
 def serve_vlm_cmd(

@@ -20,7 +20,7 @@ from typing import Iterator, TypedDict
 import numpy as np
 
 from agent.planner import difficulty_allocation, sample_prompts
-from agent.refine import minilm_similarity, refine_prompt
+from agent.refine import refine_prompt
 from agent.runtime import Runtime
 from agent.world_data import SOURCE_HELDOUT, SOURCE_TRAIN
 from reward.base import HistoryItem, Score
@@ -88,8 +88,7 @@ def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[
             elif n not in missing:
                 missing.append(n)
     if missing:
-        adapter_round = rt.store.adapter(rt.run)
-        adapter_round = None if adapter_round is None else int(adapter_round["round"])
+        adapter_round = rt.active_adapter
         groups = rt.generator.generate([jobs[n][1] for n in missing], [jobs[n][2] for n in missing], group_size,
                                        progress=lambda done, total: rt.ui.advance(done, total))
         fps = getattr(getattr(rt.generator, "config", None), "fps", 8.0)
@@ -149,34 +148,56 @@ def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip]) -> di
     return done
 
 
-def evaluate_round(rt: Runtime, k: int, *, stage: str = "evaluate") -> dict:
+REFINED_OFFSET = 1_000_000  # held-out prompt idx of the refined variant of prompt idx (same split, own rows)
+
+
+def evaluate_round(rt: Runtime, k: int, *, refine: bool = False, stage: str = "evaluate",
+                   judges: list | None = None) -> dict:
     """Held-out evaluation of the generator as it is now: generate, judge (every judge), store.
 
     Held-out prompts are never trained on; their seeds are the same every round, so changes
-    between rounds come from the model, not from the noise.
+    between rounds come from the model, not from the noise. With ``refine`` each prompt is
+    first refined by the critic (probing the current model), as a user would at inference;
+    those prompts are stored as their own held-out rows (``idx + REFINED_OFFSET``).
     """
     cfg = rt.config
     pool = rt.store.dataset_prompts(source=heldout_pool_source(rt))
     if not pool:
         raise RuntimeError("no held-out prompts in the store")
-    with rt.store.transaction():
+    offset = REFINED_OFFSET if refine else 0
+    with timed(rt, k, stage if not refine else f"{stage}+refine", len(pool) * cfg.evaluate.clips_per_prompt):
+        texts = {}
         for idx, p in enumerate(pool):
-            rt.store.record_round_prompt(rt.run, k, "heldout", idx, text=p["text"], prompt_id=p["id"],
-                                         category=p["category"])
-    jobs = [(idx, p["text"], derive_seed(cfg.seed, "heldout", idx)) for idx, p in enumerate(pool)]
-    with timed(rt, k, stage, len(jobs) * cfg.evaluate.clips_per_prompt):
+            known = [r for r in rt.store.round_prompts(rt.run, k, "heldout") if r["idx"] == idx + offset]
+            if known and (not refine or known[0]["refine_steps"] or known[0]["critique"] is not None):
+                texts[idx] = known[0]["text"]
+                continue
+            text, steps, critique = p["text"], 0, None
+            if refine:
+                res = refine_prompt(p["text"], [], rt.critic, max_steps=max(1, cfg.refine.max_steps),
+                                    min_change=cfg.refine.min_change, similarity=rt.similarity,
+                                    probe=Nodes(rt)._probe(k, idx + offset))
+                text, steps = res.best, len(res.steps)
+                critique = res.steps[-1].critique if res.steps else ""
+            rt.store.record_round_prompt(rt.run, k, "heldout", idx + offset, text=text, original=p["text"],
+                                         prompt_id=p["id"], category=p["category"], refine_steps=steps,
+                                         critique=critique)
+            texts[idx] = text
+        jobs = [(idx + offset, texts[idx], derive_seed(cfg.seed, "heldout", idx)) for idx in range(len(pool))]
         groups = generate_clips(rt, k, "heldout", "eval", jobs, cfg.evaluate.clips_per_prompt)
         clips = [c for g in groups for c in g]
         results = {}
-        judges = [rt.judge] + ([rt.eval_judge] if rt.eval_judge is not None else [])
+        if judges is None:
+            judges = [rt.judge] + ([rt.eval_judge] if rt.eval_judge is not None else [])
+        category_of = {idx + offset: p["category"] for idx, p in enumerate(pool)}
         for judge in judges:
             scores = judge_clips(rt, k, stage, judge, clips)
-            summary = summarise(clips, scores, {idx: p["category"] for idx, p in enumerate(pool)},
-                                cfg.judge.threshold)
+            summary = summarise(clips, scores, category_of, cfg.judge.threshold)
             rt.store.record_evaluation(rt.run, k, rt.judge_name(judge), n=summary["n"],
                                        joint_success=summary["joint_success"], mean_sa=summary["mean_sa"],
                                        mean_pc=summary["mean_pc"], accept_rate=summary["accept_rate"],
-                                       threshold=cfg.judge.threshold, per_category=summary["per_category"])
+                                       refine=refine, threshold=cfg.judge.threshold,
+                                       per_category=summary["per_category"])
             results[rt.judge_name(judge)] = summary
     return results
 
@@ -208,7 +229,6 @@ class Nodes:
 
     def __init__(self, rt: Runtime):
         self.rt = rt
-        self._similarity = None
 
     # -- round 0: the base model, before any training
     def baseline(self, state: LoopState) -> LoopState:
@@ -217,7 +237,10 @@ class Nodes:
             return {"round": max(state.get("round", 0), 0)}
         rt.store.start_round(rt.run, 0)
         rt.init_adapter()
+        rt.active_adapter = 0
         evaluate_round(rt, 0, stage="evaluate")
+        if rt.config.evaluate.refine:
+            evaluate_round(rt, 0, refine=True)
         rt.store.finish_round(rt.run, 0)
         rt.ui.round_done(rt.run)
         return {"round": 0}
@@ -270,8 +293,6 @@ class Nodes:
             rt.store.record_stage_time(rt.run, k, "refine", 0.0)
             return {}
         with timed(rt, k, "refine", len(prompts)):
-            if self._similarity is None:
-                self._similarity = minilm_similarity()
             for n, p in enumerate(prompts):
                 if p["refine_steps"] or p["critique"] is not None:
                     continue  # refined before a crash: keep it
@@ -279,7 +300,7 @@ class Nodes:
                 start = history[-1].prompt if history else p["original"]
                 probe = self._probe(k, p["idx"]) if cfg.refine.probe else None
                 res = refine_prompt(start, history, rt.critic, max_steps=cfg.refine.max_steps,
-                                    min_change=cfg.refine.min_change, similarity=self._similarity, probe=probe,
+                                    min_change=cfg.refine.min_change, similarity=rt.similarity, probe=probe,
                                     baseline=bar)
                 with rt.store.transaction():
                     for s in res.steps:
@@ -392,6 +413,7 @@ class Nodes:
             rt._train_round = k
             summary = rt.trainer.train_round(groups)
             rt._train_round = None
+            rt.active_adapter = k
             rt.latents.clear()
             rel = rt.layout.adapter_relpath(k)
             path = rt.layout.path(rel)
@@ -414,6 +436,8 @@ class Nodes:
 
     def evaluate(self, state: LoopState) -> LoopState:
         evaluate_round(self.rt, state["current"])
+        if self.rt.config.evaluate.refine:
+            evaluate_round(self.rt, state["current"], refine=True)
         return {}
 
     def checkpoint(self, state: LoopState) -> LoopState:

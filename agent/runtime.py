@@ -51,6 +51,7 @@ class Runtime:
     ui: Any = field(default_factory=NullUI)
     latents: dict = field(default_factory=dict)  # video id → latent made by this process (saves re-encoding)
     _train_round: int | None = None
+    active_adapter: int | None = None  # the round whose adapter the generator carries (None: base)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -107,6 +108,13 @@ class Runtime:
         if vlm is None:
             raise ValueError("refine.critic = 'vlm' needs a [judge.vlm] table to reach the VLM")
         return VLMCritic(vlm)
+
+    @cached_property
+    def similarity(self):
+        """Prompt similarity for refinement convergence (MiniLM sentence embeddings)."""
+        from agent.refine import minilm_similarity
+
+        return minilm_similarity()
 
     def judge_name(self, judge=None) -> str:
         j = judge or self.judge
@@ -166,6 +174,7 @@ class Runtime:
         if not verify(path, row["sha256"]):
             raise RuntimeError(f"adapter of round {round} at {path} does not match its stored hash")
         self.trainer.load(path)
+        self.active_adapter = round
 
     def reset_adapter(self, round: int) -> None:
         """Put the generator back to the adapter saved after ``round`` (before redoing a round)."""
