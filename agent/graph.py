@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from langgraph.graph import END, START, StateGraph
 
+from agent.failpoints import failpoint
 from agent.nodes import LoopState, Nodes
 
 STAGES = ("plan", "refine", "generate", "judge", "train", "evaluate", "checkpoint")
@@ -25,9 +26,9 @@ STAGES = ("plan", "refine", "generate", "judge", "train", "evaluate", "checkpoin
 
 def build_graph(nodes: Nodes, checkpointer=None):
     g = StateGraph(LoopState)
-    g.add_node("baseline", nodes.baseline)
+    g.add_node("baseline", _with_failpoints("baseline", nodes.baseline))
     for stage in STAGES:
-        g.add_node(stage, getattr(nodes, stage))
+        g.add_node(stage, _with_failpoints(stage, getattr(nodes, stage)))
 
     g.add_edge(START, "baseline")
     g.add_conditional_edges("baseline", nodes.more_rounds, {"plan": "plan", "done": END})
@@ -35,6 +36,19 @@ def build_graph(nodes: Nodes, checkpointer=None):
         g.add_edge(a, b)
     g.add_conditional_edges("checkpoint", nodes.more_rounds, {"plan": "plan", "done": END})
     return g.compile(checkpointer=checkpointer)
+
+
+def _with_failpoints(name: str, fn):
+    """Wrap a node so crash tests can kill the process just before or just after its work."""
+    def node(state: LoopState) -> LoopState:
+        k = 0 if name == "baseline" else state["round"] + 1 if name == "plan" else state["current"]
+        failpoint(f"enter:{name}", k)
+        out = fn(state)
+        failpoint(f"exit:{name}", k)
+        return out
+
+    node.__name__ = name
+    return node
 
 
 def recursion_limit(rounds: int) -> int:

@@ -19,6 +19,7 @@ from typing import Iterator, TypedDict
 
 import numpy as np
 
+from agent.failpoints import failpoint
 from agent.planner import difficulty_allocation, sample_prompts
 from agent.refine import refine_prompt
 from agent.runtime import Runtime
@@ -89,8 +90,8 @@ def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[
                 missing.append(n)
     if missing:
         adapter_round = rt.active_adapter
-        groups = rt.generator.generate([jobs[n][1] for n in missing], [jobs[n][2] for n in missing], group_size,
-                                       progress=lambda done, total: rt.ui.advance(done, total))
+        groups = rt.generate([jobs[n][1] for n in missing], [jobs[n][2] for n in missing], group_size,
+                             progress=lambda done, total: rt.ui.advance(done, total))
         fps = getattr(getattr(rt.generator, "config", None), "fps", 8.0)
         suffix = ".npy" if rt.config.generate.backend == "toy" else ".mp4"
         with rt.store.transaction():
@@ -108,11 +109,18 @@ def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[
                         width=g.video.shape[2], fps=fps)
                     rt.latents[vid] = g.latent
                     out[n][j] = Clip(vid, idx, j, text, g.video)
+                if kind == "generated":
+                    failpoint("mid:generate", k)
     return [[c for c in group] for group in out]  # type: ignore[misc]
 
 
-def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip]) -> dict[str, Score]:
-    """Scores clips not yet judged by ``judge`` (unjudged ones are asked again); stores every answer."""
+def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip], passes: int = 2) -> dict[str, Score]:
+    """Scores clips not yet judged by ``judge``; stores every answer, judged or not.
+
+    A clip the judge could not score (timeout, malformed answer, …) is stored as unjudged
+    with the reason and asked again in a later pass (``passes`` in all; a resumed stage asks
+    again too) — it is never given a guessed score.
+    """
     name = rt.judge_name(judge)
     done: dict[str, Score] = {}
     todo = []
@@ -123,27 +131,36 @@ def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip]) -> di
                                      details=row.get("details") or {})
         else:
             todo.append((c, 0 if row is None else int(row["attempts"])))
-    faults_before = dict(getattr(judge, "faults", None).snapshot()) if hasattr(judge, "faults") else {}
+    faults = getattr(judge, "faults", None)
+    before = dict(faults.snapshot()) if faults is not None else {}
     batch = max(1, getattr(getattr(judge, "config", None), "concurrency", 16))
-    for start in range(0, len(todo), batch):
-        chunk = todo[start:start + batch]
-        t0 = time.perf_counter()
-        scores = judge.score_batch([(c.text, c.video) for c, _ in chunk])
-        per = (time.perf_counter() - t0) / max(1, len(chunk))
-        with rt.store.transaction():
-            for (c, attempts), s in zip(chunk, scores):
-                rt.store.record_score(c.video_id, name, s, attempts=attempts + 1, seconds=per)
-                if not s.judged:
-                    rt.store.record_event(rt.run, "unjudged", round=k, stage=stage, key=c.video_id,
-                                          message=s.error or "")
-                done[c.video_id] = s
-        rt.ui.advance(min(start + batch, len(todo)), len(todo))
-    if hasattr(judge, "faults"):
-        after = judge.faults.snapshot()
-        for kind, n in after.items():
-            delta = n - faults_before.get(kind, 0)
+    for _ in range(passes):
+        if not todo:
+            break
+        retry = []
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            t0 = time.perf_counter()
+            scores = judge.score_batch([(c.text, c.video) for c, _ in chunk])
+            per = (time.perf_counter() - t0) / max(1, len(chunk))
+            with rt.store.transaction():
+                for (c, attempts), s in zip(chunk, scores):
+                    rt.store.record_score(c.video_id, name, s, attempts=attempts + 1, seconds=per)
+                    if not s.judged:
+                        rt.store.record_event(rt.run, "unjudged", round=k, stage=stage, key=c.video_id,
+                                              message=s.error or "")
+                        retry.append((c, attempts + 1))
+                    done[c.video_id] = s
+            rt.ui.advance(min(start + batch, len(todo)), len(todo))
+            if stage == "judge":
+                failpoint("mid:judge", k)
+        todo = retry
+    if faults is not None:
+        for kind, n in faults.snapshot().items():
+            delta = n - before.get(kind, 0)
             if delta > 0:
-                prev = rt.store.fault_counts(rt.run, k).get(f"vlm_{kind}", 0)
+                prev = sum(e["count"] for e in rt.store.events(rt.run, k)
+                           if e["kind"] == f"vlm_{kind}" and e["stage"] == stage and e["key"] == name)
                 rt.store.record_event(rt.run, f"vlm_{kind}", round=k, stage=stage, key=name, count=prev + delta)
     return done
 
@@ -345,7 +362,7 @@ class Nodes:
 
         def probe(text: str, step: int):
             seed = derive_seed(rt.config.seed, "probe", k, idx, step)
-            g = rt.generator.generate([text], [seed], 1)[0][0]
+            g = rt.generate([text], [seed], 1)[0][0]
             s = rt.judge.score(text, g.video)
             return g.video, s
 
@@ -411,7 +428,7 @@ class Nodes:
                 groups.append(build_group_sample(plan, text=text, generated=latents, candidates=cands,
                                                  real=real_latent, prompt=cond_text))
             rt._train_round = k
-            summary = rt.trainer.train_round(groups)
+            summary = rt.train_round(groups)
             rt._train_round = None
             rt.active_adapter = k
             rt.latents.clear()

@@ -121,6 +121,16 @@ class Runtime:
         model = getattr(getattr(j, "config", None), "model", None)
         return j.name if not model else f"{j.name}:{model}"
 
+    # ------------------------------------------------------------------ the compute the nodes ask for
+    # (a multi-process runtime overrides these two to shard the work across ranks)
+    def generate(self, prompts, seeds, group_size: int, progress=None):
+        """Clips for each prompt from the generator as it is now (base + current adapter)."""
+        return self.generator.generate(prompts, seeds, group_size, progress=progress)
+
+    def train_round(self, groups):
+        """One round of the configured objective on ``groups``; returns the trainer's summary."""
+        return self.trainer.train_round(groups)
+
     # ------------------------------------------------------------------ training bookkeeping
     def _on_train_step(self, rec: dict) -> None:
         k = self._train_round
@@ -133,6 +143,10 @@ class Runtime:
             gamma_mean=_finite(rec.get("gamma_mean")), extra={"t_mean": rec.get("t_mean"), "seconds": rec.get("seconds"),
                                                              "loss_raw": repr(rec.get("loss"))})
         self.ui.advance(rec["step"] + 1, self.config.train.steps)
+        if rec["step"] + 1 == max(1, self.config.train.steps // 2):
+            from agent.failpoints import failpoint
+
+            failpoint("mid:train", k)
 
     def save_trainer(self, path: Path) -> None:
         """Save adapter + optimizer state into ``path`` atomically (a temp folder, then rename)."""
