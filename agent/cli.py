@@ -24,11 +24,14 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from agent.cli_data import data_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="phyloop: post-train text-to-video models to obey physics (plan → refine → generate → "
                        "judge → PhyGDPO train → evaluate, round after round).")
 world_app = typer.Typer(no_args_is_help=True, help="The built-in physics world: render, judge and sample videos.")
 app.add_typer(world_app, name="world")
+app.add_typer(data_app, name="data")
 
 EXIT_BAD_INPUT = 2
 
@@ -358,15 +361,14 @@ def serve_vlm_cmd(
 @world_app.command("render")
 def world_render(family: str = typer.Argument(..., help="drop, projectile, slide or collision"),
                  seed: int = typer.Argument(0, help="scene seed"),
-                 out: Path = typer.Option(Path("scene.mp4"), "--out", "-o", help="output .mp4, .gif or .npy")):
+                 out: Path = typer.Option(Path("scene.mp4"), "--out", "-o", help="output .mp4, .gif (8× larger "
+                                          "for viewing) or .npy (exact pixels)")):
     """Render a scene's physically correct (real) video to a file and print its prompts."""
-    from reward.world.simulator import render, sample_scene
-    from store import write_video
+    from reward.world.tools import render_scene, save_video
 
     try:
-        scene = sample_scene(family, seed)
-        _check_video_suffix(out)
-        write_video(out, _upscale(render(scene), out))
+        video, _, scene = render_scene(family, seed)
+        save_video(out, video)
     except ValueError as e:
         fail(str(e))
     print(f"wrote {out}")
@@ -375,21 +377,20 @@ def world_render(family: str = typer.Argument(..., help="drop, projectile, slide
 
 
 @world_app.command("judge")
-def world_judge(video: Path = typer.Argument(..., help="video file (.npy, .mp4, .gif)"),
+def world_judge(video: Path = typer.Argument(..., help="video file (.npy, .mp4, .gif; any size)"),
                 prompt: str = typer.Argument(..., help="the prompt the video should show")):
     """Judge a video file against a prompt with the analytic physics judge."""
-    from reward.world.judge import PhysicsJudge
-    from store import read_video
+    from reward.world.tools import judge_video, load_video
 
     if not prompt.strip():
         fail("the prompt is empty")
     try:
-        v = read_video(video)
+        v = load_video(video)
     except FileNotFoundError:
         fail(f"no video at {video}")
     except Exception as e:  # noqa: BLE001 — any decoder failure is bad input here
         fail(f"cannot read video {video}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    s = PhysicsJudge().score(prompt, _downscale(v))
+    s = judge_video(prompt, v)
     print(f"sa {s.sa:.2f}  pc {s.pc:.2f}  verdict {'Accept' if s.accept else 'Reject'}")
     print(f"rationale: {s.rationale}")
 
@@ -402,7 +403,7 @@ def world_sample(prompt: str = typer.Argument(..., help="prompt"),
                  judge: bool = typer.Option(True, "--judge/--no-judge", help="also judge the sample")):
     """Sample a clip from the built-in world's generator (optionally with a trained adapter)."""
     from policy.toy import ToyGenerator
-    from store import write_video
+    from reward.world.tools import judge_video, save_video
 
     if not prompt.strip():
         fail("the prompt is empty")
@@ -413,12 +414,10 @@ def world_sample(prompt: str = typer.Argument(..., help="prompt"),
     if adapter is not None:
         gen.load_adapter(adapter)
     clip = gen.generate([prompt], [seed], 1)[0][0]
-    write_video(out, _upscale(clip.video, out))
+    save_video(out, clip.video)
     print(f"wrote {out}")
     if judge:
-        from reward.world.judge import PhysicsJudge
-
-        s = PhysicsJudge().score(prompt, clip.video)
+        s = judge_video(prompt, clip.video)
         print(f"sa {s.sa:.2f}  pc {s.pc:.2f}  verdict {'Accept' if s.accept else 'Reject'} — {s.rationale}")
 
 
@@ -427,35 +426,13 @@ def _check_video_suffix(out: Path) -> None:
         fail(f"output must end in .mp4, .gif or .npy, got {out.name!r}")
 
 
-UPSCALE = 8  # viewing files are written 8× larger (nearest neighbour); .npy keeps the exact pixels
-
-
-def _upscale(video, out: Path):
-    import numpy as np
-
-    if out.suffix.lower() == ".npy":
-        return video
-    return np.repeat(np.repeat(video, UPSCALE, axis=1), UPSCALE, axis=2)
-
-
-def _downscale(video):
-    """Undo ``_upscale`` for files this tool wrote (the judge works at the world's resolution)."""
-    from reward.world import physics as P
-
-    t, h, w, _ = video.shape
-    if h == w and h > P.SIZE and h % P.SIZE == 0:
-        f = h // P.SIZE
-        return video.reshape(t, P.SIZE, f, P.SIZE, f, 3).mean(axis=(2, 4)).round().astype("uint8")
-    return video
-
-
 # ------------------------------------------------------------------ entry point
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("PHYLOOP_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -472,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, click.exceptions.Abort):
             return 130
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def entry() -> None:

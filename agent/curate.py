@@ -69,7 +69,10 @@ class CurateRecord(BaseModel):
     curator: str = Field(min_length=1)
     details: dict[str, Any] = Field(default_factory=dict)  # curator-specific (score parts, model, …)
 
-    _words = field_validator("extended_prompt")(lambda cls, v: _max_words(v))
+    @field_validator("extended_prompt")
+    @classmethod
+    def _extension_words(cls, value: str) -> str:
+        return _max_words(value)
 
     @model_validator(mode="after")
     def _label_follows_richness(self) -> "CurateRecord":
@@ -157,7 +160,10 @@ class CoTAnswer(BaseModel):
     physics_richness: float = Field(ge=0.0, le=1.0)
     extended_prompt: str
 
-    _words = field_validator("extended_prompt")(lambda cls, v: _max_words(v))
+    @field_validator("extended_prompt")
+    @classmethod
+    def _extension_words(cls, value: str) -> str:
+        return _max_words(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -447,9 +453,12 @@ def _describe(family: str | None, shape: str, colours: list[str], judgement) -> 
         coll = objs.get("collision") or {}
         if coll.get("contact") is not None:
             f.interactions = 1
-            f.outcomes.append(f"at frame {coll['contact']} the {noun(first)} slows from "
-                              f"{coll['v_striker']:.2f} to {coll['v_striker_after']:.2f} px/frame")
-            f.outcomes.append(f"the {noun(second)} moves off at {coll['v_target_after']:.2f} px/frame")
+            f.outcomes.append(f"at frame {coll['contact']} the {noun(first)} strikes the {noun(second)}")
+            if coll.get("v_striker") is not None and coll.get("v_striker_after") is not None:
+                f.outcomes.append(f"the {noun(first)} slows from {coll['v_striker']:.2f} to "
+                                  f"{coll['v_striker_after']:.2f} px/frame")
+            if coll.get("v_target_after") is not None:
+                f.outcomes.append(f"the {noun(second)} moves off at {coll['v_target_after']:.2f} px/frame")
             if coll.get("energy_ratio") is not None:
                 f.outcomes.append(f"momentum is conserved (kinetic energy ratio {coll['energy_ratio']:.2f})")
         elif judgement is None:

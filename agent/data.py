@@ -337,6 +337,10 @@ def import_dataset(path: str | Path, runs_dir: str | Path, *, name: str | None =
     if not 0.0 <= heldout_fraction < 1.0:
         raise DatasetError(f"--heldout-fraction must be in [0, 1), got {heldout_fraction}")
     name = dataset_name(path, name)
+    try:
+        cats = load_categories(categories)  # checked up front, even when every row has a category
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
     stored_texts, mine = _existing(runs_dir, name)
     if mine:
         raise DatasetError(f"data set {name!r} already holds {mine} stored prompts; choose another --name")
@@ -345,10 +349,6 @@ def import_dataset(path: str | Path, runs_dir: str | Path, *, name: str | None =
     report = ImportReport(name, [])
     todo = [r for r in rows if r.category is None]
     if todo:
-        try:
-            cats = load_categories(categories)
-        except ValueError as e:
-            raise DatasetError(str(e)) from None
         for r, a in zip(todo, assign_categories([r.text for r in todo], cats, embed=embed)):
             r.category = a.category
             if a.similarity < min_similarity:

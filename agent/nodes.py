@@ -19,6 +19,7 @@ from typing import Iterator, TypedDict
 
 import numpy as np
 
+from agent.data import passes_filter
 from agent.failpoints import failpoint
 from agent.planner import difficulty_allocation, sample_prompts
 from agent.refine import refine_prompt
@@ -141,7 +142,7 @@ def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip], passe
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
             t0 = time.perf_counter()
-            scores = judge.score_batch([(c.text, c.video) for c, _ in chunk])
+            scores = rt.score_batch(judge, [(c.text, c.video) for c, _ in chunk])
             per = (time.perf_counter() - t0) / max(1, len(chunk))
             with rt.store.transaction():
                 for (c, attempts), s in zip(chunk, scores):
@@ -258,6 +259,7 @@ class Nodes:
         evaluate_round(rt, 0, stage="evaluate")
         if rt.config.evaluate.refine:
             evaluate_round(rt, 0, refine=True)
+        rt.flush_profile(0)
         rt.store.finish_round(rt.run, 0)
         rt.ui.round_done(rt.run)
         return {"round": 0}
@@ -267,9 +269,9 @@ class Nodes:
         k = state["round"] + 1
         rt.store.start_round(rt.run, k)
         with timed(rt, k, "plan"):
-            pool = rt.store.dataset_prompts(source=train_pool_source(rt))
+            pool = [p for p in rt.store.dataset_prompts(source=train_pool_source(rt)) if passes_filter(p)]
             if not pool:
-                raise RuntimeError("no training prompts in the store")
+                raise RuntimeError("no training prompts in the store (or none passed the CoT physics filter)")
             by_cat: dict[str, list[str]] = defaultdict(list)
             for p in pool:
                 by_cat[p["category"] or "uncategorised"].append(p["id"])
@@ -363,7 +365,7 @@ class Nodes:
         def probe(text: str, step: int):
             seed = derive_seed(rt.config.seed, "probe", k, idx, step)
             g = rt.generate([text], [seed], 1)[0][0]
-            s = rt.judge.score(text, g.video)
+            s = rt.score_batch(rt.judge, [(text, g.video)])[0]
             return g.video, s
 
         return probe
@@ -421,10 +423,11 @@ class Nodes:
                     continue
                 latents = rt.latents_for(vs)
                 real_latent = None
-                if plan.winner == "real":
-                    real_latent = rt.generator.encode_videos([read_video(rt.runs_dir / real)])[0]
                 cond_text = p["original"] if cfg.refine.distil else p["text"]
-                text = rt.generator.encode_prompts([cond_text])[0]
+                with rt.timing("model"):
+                    if plan.winner == "real":
+                        real_latent = rt.generator.encode_videos([read_video(rt.runs_dir / real)])[0]
+                    text = rt.generator.encode_prompts([cond_text])[0]
                 groups.append(build_group_sample(plan, text=text, generated=latents, candidates=cands,
                                                  real=real_latent, prompt=cond_text))
             rt._train_round = k
@@ -464,6 +467,7 @@ class Nodes:
             row = rt.store.adapter(rt.run, k)
             if row is None or not verify(rt.layout.path(row["path"]), row["sha256"]):
                 raise RuntimeError(f"round {k}: the adapter is missing or does not match its hash")
+        rt.flush_profile(k)
         rt.store.finish_round(rt.run, k)
         rt.ui.round_done(rt.run)
         return {"round": k}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +54,7 @@ class Runtime:
     latents: dict = field(default_factory=dict)  # video id → latent made by this process (saves re-encoding)
     _train_round: int | None = None
     active_adapter: int | None = None  # the round whose adapter the generator carries (None: base)
+    profile: dict = field(default_factory=lambda: {"model": 0.0, "judge": 0.0})  # seconds this round
 
     # ------------------------------------------------------------------ paths
     @property
@@ -125,11 +128,32 @@ class Runtime:
     # (a multi-process runtime overrides these two to shard the work across ranks)
     def generate(self, prompts, seeds, group_size: int, progress=None):
         """Clips for each prompt from the generator as it is now (base + current adapter)."""
-        return self.generator.generate(prompts, seeds, group_size, progress=progress)
+        with self.timing("model"):
+            return self.generator.generate(prompts, seeds, group_size, progress=progress)
 
     def train_round(self, groups):
         """One round of the configured objective on ``groups``; returns the trainer's summary."""
-        return self.trainer.train_round(groups)
+        with self.timing("model"):
+            return self.trainer.train_round(groups)
+
+    def score_batch(self, judge, items):
+        with self.timing("judge"):
+            return judge.score_batch(items)
+
+    @contextmanager
+    def timing(self, what: str):
+        """Adds the block's wall time to this round's profile (model compute / judge calls)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.profile[what] = self.profile.get(what, 0.0) + time.perf_counter() - t0
+
+    def flush_profile(self, round: int) -> None:
+        """Store the round's model-compute and judge-call seconds (the cost profile's denominators)."""
+        for what, seconds in self.profile.items():
+            self.store.record_stage_time(self.run, round, f"profile:{what}", seconds)
+        self.profile = {"model": 0.0, "judge": 0.0}
 
     # ------------------------------------------------------------------ training bookkeeping
     def _on_train_step(self, rec: dict) -> None:
@@ -210,7 +234,9 @@ class Runtime:
 
         missing = [v for v in video_rows if v["id"] not in self.latents]
         if missing:
-            enc = self.generator.encode_videos([read_video(self.layout.path(v["path"])) for v in missing])
+            videos = [read_video(self.layout.path(v["path"])) for v in missing]
+            with self.timing("model"):
+                enc = self.generator.encode_videos(videos)
             for v, lat in zip(missing, enc):
                 self.latents[v["id"]] = lat
         return torch.stack([self.latents[v["id"]] for v in video_rows])

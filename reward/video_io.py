@@ -9,7 +9,7 @@ A VLM behind an OpenAI-compatible API can be shown it in two ways:
   decodes natively for Qwen2.5-VL / Qwen3-VL, keeping the real time axis).
 
 This module does the sampling, resizing and encoding with OpenCV (images) and
-imageio-ffmpeg (mp4); it knows nothing about HTTP.
+imageio-ffmpeg's bundled ffmpeg (mp4); it knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 from typing import Literal
 
 import cv2
-import imageio.v2 as imageio
+import imageio_ffmpeg
 import numpy as np
 
 ImageFormat = Literal["jpeg", "png"]
@@ -129,12 +129,14 @@ def encode_mp4(video: np.ndarray, fps: float = 8.0, max_side: int | None = 512) 
     fd, path = tempfile.mkstemp(suffix=".mp4")
     os.close(fd)
     try:
-        # macro_block_size=1: we already made the size valid; don't let imageio rescale.
-        with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                pixelformat="yuv420p", macro_block_size=1,
-                                output_params=["-movflags", "+faststart"]) as writer:
-            for frame in frames:
-                writer.append_data(frame)
+        # macro_block_size=1: the size is already valid; don't let the writer rescale.
+        writer = imageio_ffmpeg.write_frames(path, (frames.shape[2], frames.shape[1]), fps=fps,
+                                             codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+                                             macro_block_size=1, output_params=["-movflags", "+faststart"])
+        writer.send(None)  # start ffmpeg
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
         with open(path, "rb") as fh:
             return fh.read()
     finally:
@@ -147,8 +149,19 @@ def decode_mp4(data: bytes) -> np.ndarray:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        with imageio.get_reader(path, format="FFMPEG") as reader:
-            return np.stack([np.asarray(f) for f in reader])
+        capture = cv2.VideoCapture(path)
+        frames = []
+        try:
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        finally:
+            capture.release()
+        if not frames:
+            raise ValueError("bytes are not a decodable mp4")
+        return np.stack(frames)
     finally:
         os.unlink(path)
 

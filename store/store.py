@@ -252,11 +252,13 @@ class Store(Queries):
             p = dict(p)
             if not p.get("id") or not p.get("text"):
                 raise ValueError(f"a dataset prompt needs an 'id' and a 'text', got keys {sorted(p)}")
+            has_curate = "curate" in p
             curate = p.pop("curate", None)
             unknown = set(p) - {"id", "text", "category", "level", "source", "real_video", "real_sha256"}
             if unknown:
                 raise ValueError(f"unknown dataset prompt fields: {sorted(unknown)}")
-            p["curate_json"] = _json(curate)
+            if has_curate:  # a row without the key keeps the curation already stored
+                p["curate_json"] = _json(curate)
             rows.append(p)
         self._upsert("prompts", rows)
         return len(rows)

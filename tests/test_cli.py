@@ -10,7 +10,8 @@ import pytest
 from agent.cli import main
 
 COMMANDS = [[], ["run"], ["runs"], ["show"], ["replay"], ["serve-vlm"], ["world"], ["world", "render"],
-            ["world", "judge"], ["world", "sample"]]
+            ["world", "judge"], ["world", "sample"], ["data"], ["data", "import"], ["data", "curate"],
+            ["data", "categories"], ["eval"], ["export"], ["grid"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "agent")

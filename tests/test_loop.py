@@ -66,7 +66,8 @@ def test_smoke_run_is_consistent(finished):
         d = store.round_detail("r", k)
         assert d["training"]["summary"] is not None and len(d["training"]["steps"]) == cfg.train.steps
         assert d["evaluations"] and d["adapter"] is not None
-        assert set(d["stage_times"]) == set(STAGES)
+        assert set(STAGES) <= set(d["stage_times"])
+        assert {"profile:model", "profile:judge"} <= set(d["stage_times"])
     metrics = store.round_metrics("r")
     assert [r["round"] for r in metrics] == [0, 1, 2]
     assert all(r["heldout_joint_success"] is not None for r in metrics)

@@ -309,6 +309,33 @@ def test_rows_need_their_parents(store):
         store.finish_round("r1", 3)
     with pytest.raises(ValueError, match="run name"):
         store.create_run("../escape", {})
+    store.record_round_prompt("r1", 0, "train", 0, text="p")
+    for bad in ("/abs/x.npy", "../x.npy"):
+        with pytest.raises(ValueError, match="relative"):
+            store.record_video("r1", 0, "train", 0, "generated", 0, path=bad)
+
+
+def test_scores_from_the_real_judge_interface(store):
+    """record_score takes reward.base.Score as is (the store itself never imports reward)."""
+    from reward.base import Score
+
+    store.create_run("r1", {})
+    store.start_round("r1", 0)
+    store.record_round_prompt("r1", 0, "train", 0, text="p")
+    vid = store.record_video("r1", 0, "train", 0, "generated", 0, path="v.npy")
+    store.record_score(vid, "vlm", Score(sa=0.75, pc=1.0, accept=True, rationale="ok", raw="SA: 4",
+                                        details={"frames": 8}))
+    store.record_score(vid, "flow", Score.unjudged("malformed answer", raw="???"), attempts=2)
+    vlm, flow = sorted(store.scores(vid), key=lambda r: r["judge"] != "vlm")
+    assert (vlm["sa"], vlm["pc"], vlm["accept"], vlm["raw"], vlm["details"]) == (0.75, 1.0, 1, "SA: 4", {"frames": 8})
+    assert (flow["judged"], flow["error"], flow["raw"], flow["attempts"], flow["accept"]) == (
+        0, "malformed answer", "???", 2, None)
+
+
+def test_in_memory_store():
+    with Store.open(":memory:") as s:
+        populate(s)
+        assert s.completed_rounds("r1") == [0] and s.path is None
 
 
 def test_delete_run_cascades(store):

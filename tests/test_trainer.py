@@ -106,11 +106,9 @@ def test_first_step_losses_are_the_chance_levels():
 def test_phygdpo_without_pgr_is_m_times_flow_dpo_on_the_same_draws():
     groups = make_groups(m=4)
     model = tiny_transformer()
-    a, b = copy.deepcopy(model), copy.deepcopy(model)
-    # one warm-up round of flow-dpo makes d ≠ 0; both copies then start round 1 from the same adapter
+    # one warm-up round of flow-dpo makes d ≠ 0; both copies then start round 1 from that adapter
     Trainer(model, config(objective="flow-dpo", steps=3)).train_round(groups)
-    for copy_ in (a, b):
-        copy_.load_state_dict(model.state_dict(), strict=False)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
     ta = Trainer(a, config(objective="phygdpo", use_pgr=False, steps=1))
     tb = Trainer(b, config(objective="flow-dpo", steps=1))
     for t in (ta, tb):
@@ -232,3 +230,48 @@ def test_config_is_strict_and_empty_rounds_are_reported():
         TrainConfig(lr=1e-6, lr_min=1e-5)
     summary = Trainer(tiny_transformer(), config()).train_round([])
     assert summary.steps == 0 and summary.stop_reason == "no trainable groups"
+
+
+# ---------------------------------------------------------------- winner policy (policy/groups.py)
+from policy.groups import build_group_sample, plan_group, plan_groups  # noqa: E402
+
+# (sa, pc, accept) per generation; scores (sa+pc)/2 = 0.45, 0.85, 0.70, unjudged, 0.85 (pc lower)
+CANDS = [(0.4, 0.5, False), (0.9, 0.8, True), (0.7, 0.7, True), (None, None, None), (1.0, 0.7, True)]
+
+
+def test_real_video_wins_and_all_judged_generations_lose():
+    plan = plan_group(CANDS, has_real=True, policy="real-else-best")
+    assert plan.winner == "real" and plan.losers == (0, 1, 2, 4)  # the unjudged one is never used
+
+
+def test_best_accepted_generation_wins_only_over_lower_scores():
+    plan = plan_group(CANDS, has_real=False, policy="real-else-best")
+    # 1 and 4 tie at 0.85; the tie goes to the better physics score (pc 0.8 > 0.7); 4 is a tie, not a loser
+    assert (plan.winner, plan.winner_index, plan.losers) == ("generated", 1, (0, 2))
+    assert plan_group(CANDS, has_real=True, policy="best-accepted").winner == "generated"
+
+
+def test_groups_without_an_acceptable_winner_are_skipped_with_a_reason():
+    rejected = [(0.9, 0.9, False), (0.2, 0.1, False)]
+    plans, skipped = plan_groups([(False, rejected), (False, CANDS), (False, [(0.5, 0.5, True)] * 2),
+                                  (False, CANDS)], policy="real")
+    assert not any(p.trainable for p in plans) and skipped == {"no real video": 4}
+    plans, skipped = plan_groups([(False, rejected), (False, [(0.5, 0.5, True)] * 2), (False, CANDS)])
+    assert [p.trainable for p in plans] == [False, False, True]
+    assert skipped == {"no accepted generation to use as winner": 1, "no generation scored below the winner": 1}
+    with pytest.raises(ValueError, match="winner policy"):
+        plan_group(CANDS, has_real=False, policy="best")
+
+
+def test_build_group_sample_packs_the_plan():
+    generated = torch.arange(5.0).view(5, 1, 1, 1, 1).expand(5, *SHAPE)
+    plan = plan_group(CANDS, has_real=False)
+    sample = build_group_sample(plan, text=torch.zeros(6, 32), generated=generated, candidates=CANDS)
+    assert torch.equal(sample.winner, generated[1]) and torch.equal(sample.losers, generated[[0, 2]])
+    assert sample.loser_sa.tolist() == pytest.approx([0.4, 0.7]) and sample.loser_pc.tolist() == pytest.approx([0.5, 0.7])
+    real_plan = plan_group(CANDS, has_real=True)
+    with pytest.raises(ValueError, match="real latent"):
+        build_group_sample(real_plan, text=torch.zeros(6, 32), generated=generated, candidates=CANDS)
+    real = build_group_sample(real_plan, text=torch.zeros(6, 32), generated=generated, candidates=CANDS,
+                              real=torch.full(SHAPE, -1.0))
+    assert real.winner.min() == -1 and real.losers.shape[0] == 4

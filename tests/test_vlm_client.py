@@ -130,6 +130,14 @@ def test_server_errors_exhaust_retries_unjudged():
     assert len(srv.requests) == 2
 
 
+def test_client_errors_are_not_retried():
+    with LoopbackVLM(default=status(400)) as srv:
+        judge = VLMJudge(cfg(srv.base_url, max_retries=3))
+        score = judge.score("p", video())
+    assert not score.judged and score.error.startswith("client_error")
+    assert len(srv.requests) == 1 and judge.faults.snapshot()["client_error"] == 1
+
+
 def test_timeout_is_retried():
     with LoopbackVLM([hang(1.5), judgement()]) as srv:
         judge = VLMJudge(cfg(srv.base_url, timeout_s=0.3, max_retries=1))
@@ -218,8 +226,8 @@ def test_api_key_never_logged_or_stored(monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     with LoopbackVLM([status(429, retry_after=0.05), status(500), truncated(), judgement(),
                       hang(1.0), hang(1.0)]) as srv:
-        config = cfg(srv.base_url, f"http://127.0.0.1:{closed_port()}/v1", api_key_env="PHYLOOP_TEST_VLM_KEY",
-                     timeout_s=0.3, max_retries=3)
+        config = cfg(srv.base_url, f"http://127.0.0.1:{closed_port()}/v1",
+                     api_key_env="PHYLOOP_TEST_VLM_KEY", timeout_s=0.3, max_retries=3)
         judge = VLMJudge(config)
         scores = [judge.score("p", video()) for _ in range(3)]
     auth = [{k.lower(): v for k, v in h.items()}["authorization"] for h in srv.headers]

@@ -76,14 +76,20 @@ def test_reask_recovers():
     assert len(json.loads(score.raw)) == 2  # both answers kept
 
 
+def ans(**fields) -> dict:
+    base = {"semantic_adherence": 4, "physical_commonsense": 3, "verdict": "Accept", "rationale": "x"}
+    base.update(fields)
+    return {k: v for k, v in base.items() if v is not None}
+
+
 @pytest.mark.parametrize("bad,kind", [
-    ({"semantic_adherence": 7, "physical_commonsense": 3, "verdict": "Accept", "rationale": "x"}, "out_of_range"),
-    ({"semantic_adherence": 0, "physical_commonsense": 3, "verdict": "Accept", "rationale": "x"}, "out_of_range"),
-    ({"semantic_adherence": 4, "physical_commonsense": 3, "verdict": "Maybe", "rationale": "x"}, "out_of_range"),
-    ({"semantic_adherence": 4, "verdict": "Accept", "rationale": "x"}, "malformed"),
-    ({"semantic_adherence": 4, "physical_commonsense": "good", "verdict": "Accept", "rationale": "x"}, "malformed"),
-    ({"semantic_adherence": 4.5, "physical_commonsense": 3, "verdict": "Accept", "rationale": "x"}, "malformed"),
-    ({"semantic_adherence": 4, "physical_commonsense": 3, "verdict": "Accept", "rationale": ""}, "out_of_range"),
+    (ans(semantic_adherence=7), "out_of_range"),
+    (ans(semantic_adherence=0), "out_of_range"),
+    (ans(verdict="Maybe"), "out_of_range"),
+    (ans(rationale=""), "out_of_range"),
+    (ans(physical_commonsense=None), "malformed"),  # missing
+    (ans(physical_commonsense="good"), "malformed"),
+    (ans(semantic_adherence=4.5), "malformed"),
 ])
 def test_bad_fields_are_never_guessed(bad, kind):
     with LoopbackVLM(default=answer(bad)) as srv:

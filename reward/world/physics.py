@@ -54,10 +54,12 @@ TOL_ACCEL = 0.22  # |fitted a − expected a| allowed, px/frame²
 TOL_RESTITUTION_MAX = 1.0  # a bounce may not return faster than it arrived (× this ratio)
 TOL_TELEPORT = 6.5  # largest plausible jump between frames beyond the predicted motion, px
 MIN_MOTION = 1.0  # px a "moving" object must travel over the clip at least
+TOL_KICK = 1.0  # largest change of an airborne object's velocity between frames beyond g, px/frame
 TOL_FIT = 0.8  # largest residual of a track from its fitted law of motion (smooth arc, line), px
 TOL_SPEEDUP = 0.3  # a sliding block's speed may not rise between frames by more than this, px/frame
 TOL_MOMENTUM = 0.2  # |Σv_after − Σv_before| / |Σv_before| allowed in a collision
-TOL_ENERGY = 0.1  # kinetic energy may grow by at most this fraction in a collision (measurement slack)
+TOL_ENERGY = 0.3  # kinetic energy may seem to grow by this fraction in a collision (blur and ghosting bias speeds)
+TOL_REBOUND = 0.1  # px/frame an equal-mass striker may seem to move back after impact (e ≤ 1: it cannot)
 REST_SPEED = 0.3  # px/frame below which an object counts as at rest
 FLOOR_MARGIN = 0.75  # an object whose centre is within this of REST_Y touches the floor, px
 

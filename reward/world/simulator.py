@@ -84,8 +84,12 @@ def iter_scenes(n: int, seed: int = 0, families: Sequence[str] = P.FAMILIES) -> 
 
 
 # ------------------------------------------------------------------ kinematics
-def simulate(scene: Scene) -> np.ndarray:
-    """Object centres per frame, shape ``(FRAMES, n_bodies, 2)`` as (x, y) pixels."""
+def simulate(scene: Scene, *, gravity: float = P.GRAVITY) -> np.ndarray:
+    """Object centres per frame, shape ``(FRAMES, n_bodies, 2)`` as (x, y) pixels.
+
+    ``gravity`` exists so that :mod:`.corrupt` can make physically *wrong* videos (reversed
+    or missing gravity) with the same integrator; the world's videos always use the default.
+    """
     pos = np.array([[b.x0, b.y0] for b in scene.bodies], dtype=np.float64)
     vel = np.array([[b.vx0, b.vy0] for b in scene.bodies], dtype=np.float64)
     out = np.zeros((P.FRAMES, len(scene.bodies), 2))
@@ -97,8 +101,8 @@ def simulate(scene: Scene) -> np.ndarray:
         for _ in range(SUBSTEPS):
             if scene.family in ("drop", "projectile"):
                 pos[:, 0] += vel[:, 0] * dt
-                pos[:, 1] += vel[:, 1] * dt + 0.5 * P.GRAVITY * dt * dt
-                vel[:, 1] += P.GRAVITY * dt
+                pos[:, 1] += vel[:, 1] * dt + 0.5 * gravity * dt * dt
+                vel[:, 1] += gravity * dt
                 below = (pos[:, 1] > rest_y) & (vel[:, 1] > 0)
                 # reflect about the floor: the part of the step spent below comes back up, scaled by e
                 pos[below, 1] = rest_y - (pos[below, 1] - rest_y) * scene.restitution
@@ -120,16 +124,32 @@ def simulate(scene: Scene) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ rendering
+def _overlap_1d(lo: float, hi: float) -> np.ndarray:
+    """Length of ``[lo, hi]`` inside each pixel ``[i, i + 1]`` of a row of SIZE pixels."""
+    edges = np.arange(P.SIZE, dtype=np.float64)
+    return np.clip(np.minimum(edges + 1, hi) - np.maximum(edges, lo), 0.0, 1.0)
+
+
 def _coverage(shape: str, cx: float, cy: float) -> np.ndarray:
-    """Fraction of each pixel covered by the body, by supersampling (anti-aliased, sub-pixel)."""
+    """Fraction of each pixel covered by the body (anti-aliased, sub-pixel accurate).
+
+    A block's coverage is exact (the product of its overlaps with the pixel's row and
+    column), so its centroid is exact; a disc is supersampled ``SUPERSAMPLE``² times per
+    pixel inside its bounding box only (centroid error < 0.05 px).
+    """
+    if shape != "ball":
+        return np.outer(_overlap_1d(cy - P.RADIUS, cy + P.RADIUS), _overlap_1d(cx - P.RADIUS, cx + P.RADIUS))
+    cov = np.zeros((P.SIZE, P.SIZE))
+    x0, x1 = max(0, int(np.floor(cx - P.RADIUS))), min(P.SIZE, int(np.ceil(cx + P.RADIUS)) + 1)
+    y0, y1 = max(0, int(np.floor(cy - P.RADIUS))), min(P.SIZE, int(np.ceil(cy + P.RADIUS)) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return cov
     s = SUPERSAMPLE
-    coords = (np.arange(P.SIZE * s) + 0.5) / s
-    xs, ys = np.meshgrid(coords, coords)
-    if shape == "ball":
-        inside = (xs - cx) ** 2 + (ys - cy) ** 2 <= P.RADIUS**2
-    else:
-        inside = (np.abs(xs - cx) <= P.RADIUS) & (np.abs(ys - cy) <= P.RADIUS)
-    return inside.reshape(P.SIZE, s, P.SIZE, s).mean(axis=(1, 3))
+    xs = x0 + (np.arange((x1 - x0) * s) + 0.5) / s
+    ys = y0 + (np.arange((y1 - y0) * s) + 0.5) / s
+    inside = (xs[None, :] - cx) ** 2 + (ys[:, None] - cy) ** 2 <= P.RADIUS**2
+    cov[y0:y1, x0:x1] = inside.reshape(y1 - y0, s, x1 - x0, s).mean(axis=(1, 3))
+    return cov
 
 
 def background() -> np.ndarray:

@@ -38,24 +38,24 @@ _PAL = np.array([P.PALETTE[c] for c in COLOURS], dtype=np.float32)
 
 HUE_IN = 20.0  # degrees from a palette hue with full membership
 HUE_OUT = 40.0  # degrees from a palette hue where membership reaches zero
-ALPHA_MIN = 0.2  # pixels with less of a colour than this are background (noise, grey)
+ALPHA_MIN = 0.2  # a blob is seeded by pixels with at least this much of a colour …
+ALPHA_FLOOR = 0.04  # … and collects its anti-aliased rim down to this much (the background's tint is less)
 OBJECT_AREA = float(np.pi * P.RADIUS**2)  # colour mass of one ball, px (a block has 4/π of it)
 BLOB_MIN = 0.3 * OBJECT_AREA  # least colour mass of a blob that counts as an object
 DUPLICATE_MIN = 0.5 * OBJECT_AREA  # a second blob this heavy (and ≥ half the first) is a duplicate
-BLOB_MIN_DENSITY = 0.3  # colour mass / area of the ellipse inscribed in the blob's bounding box
+BLOB_MIN_DENSITY = 0.15  # colour mass / area of the ellipse inscribed in the blob's bounding box
 BLOB_MAX_MASS = 3.0 * OBJECT_AREA  # heavier components are smeared colour or noise, not one object
+SHAPE_MIN_GAP = 0.12  # a blob votes on its shape only if a disc and a square would differ this much
+SHAPE_MAX_ANISOTROPY = 0.12  # … and only if it is not stretched (motion smear, ghosting)
 
 
 def hue_chroma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hue in degrees [0, 360) and chroma (max − min channel) of float RGB ``(..., 3)``."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx = np.maximum(np.maximum(r, g), b)
-    mn = np.minimum(np.minimum(r, g), b)
-    c = mx - mn
-    safe = np.where(c > 0, c, 1.0)
-    h = np.where(mx == r, ((g - b) / safe) % 6.0,
-                 np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    return (60.0 * h) % 360.0, c
+    """Hue in degrees [0, 360) and chroma (max − min channel) of RGB ``(..., 3)`` (0–255 scale)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    flat = rgb.reshape(-1, 1, 3)
+    hue = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV)[:, 0, 0].reshape(rgb.shape[:-1])
+    chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return hue % 360.0, chroma
 
 
 _PAL_HUE, _PAL_CHROMA = hue_chroma(_PAL)
@@ -66,7 +66,8 @@ def memberships(video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Each pixel belongs to at most one palette colour (the nearest hue); its weight is the
     fraction of that colour in the pixel (chroma ratio) times a hue match that fades from
-    1 at :data:`HUE_IN` to 0 at :data:`HUE_OUT` degrees.
+    1 at :data:`HUE_IN` to 0 at :data:`HUE_OUT` degrees. Weights below :data:`ALPHA_FLOOR`
+    (the background's own faint tint) are zero.
     """
     hue, chroma = hue_chroma(video.astype(np.float32))
     d = np.abs(hue[..., None] - _PAL_HUE)
@@ -76,7 +77,7 @@ def memberships(video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     alpha = np.clip(chroma / _PAL_CHROMA[k], 0.0, 1.0)
     match = np.clip((HUE_OUT - dk) / (HUE_OUT - HUE_IN), 0.0, 1.0)
     w = alpha * match
-    w[alpha < ALPHA_MIN] = 0.0
+    w[alpha < ALPHA_FLOOR] = 0.0
     return k, w.astype(np.float32)
 
 
@@ -102,53 +103,95 @@ class Blob:
     height: int
     touches_edge: bool
     squareness: float  # E[dx²dy²] / (E[dx²]E[dy²]): ≈0.67 for a sharp disc, ≈1 for a square
+    spread: float = 0.0  # (E[dx²] + E[dy²]) / 2, px²: 1.6 for a sharp ball, 2.2 for a sharp block
+    anisotropy: float = 0.0  # (λ_max − λ_min) / (λ_max + λ_min) of the 2×2 second moments: 0 = round/square
+
+    def shape_vote(self) -> str | None:
+        """"ball", "block" or ``None`` (undecided) from the blob's squareness.
+
+        A square's squareness is 1 under any blur; a disc's rises from 0.67 towards 1 as blur
+        widens it. The blob's spread tells how much blur a disc would need to look this wide,
+        hence what squareness a blurred disc would show; the blob votes for whichever shape
+        it is closer to, and abstains when the two predictions are too close to tell apart
+        (heavy blur) or the blob is faint.
+        """
+        if self.peak < 0.9 or self.touches_edge or self.anisotropy > SHAPE_MAX_ANISOTROPY:
+            return None  # faint, cut, or smeared by motion: its outline says nothing reliable
+        a = P.RADIUS**2 / 4  # E[u²] of a uniform disc
+        s2 = max(0.0, self.spread - a)  # blur variance a disc would need (pixel size included)
+        q_disc = (P.RADIUS**4 / 24 + 2 * s2 * a + s2 * s2) / (a + s2) ** 2
+        if 1.0 - q_disc < SHAPE_MIN_GAP:
+            return None
+        return "ball" if self.squareness < (q_disc + 1.0) / 2 else "block"
 
 
-def _blob_stats(colour: str, w: np.ndarray, labels: np.ndarray, stats: np.ndarray, n: int) -> list[Blob]:
-    """Mass-weighted centroids and shape moments of every labelled component (one frame)."""
-    h, wd = w.shape
-    ys, xs = np.mgrid[0:h, 0:wd]
-    xs = xs + 0.5
-    ys = ys + 0.5
-    lab = labels.ravel()
-    wf = w.ravel()
-    mass = np.bincount(lab, wf, minlength=n)
-    mx = np.bincount(lab, wf * xs.ravel(), minlength=n)
-    my = np.bincount(lab, wf * ys.ravel(), minlength=n)
-    blobs = []
+_KERNEL = np.ones((3, 3), np.uint8)
+
+
+def _colour_blobs(colour: str, wc: np.ndarray) -> list[list[Blob]]:
+    """Blobs of one colour in every frame, from its membership weights ``(T, H, W)``.
+
+    The frames are laid side by side with a blank column between them, so one connected-
+    components pass and one set of ``bincount`` moments serve the whole clip.
+    """
+    t_len, h, w = wc.shape
+    out: list[list[Blob]] = [[] for _ in range(t_len)]
+    seeds = wc >= ALPHA_MIN
+    if not seeds.any():
+        return out
+    stride = w + 1
+    mosaic = np.zeros((h, t_len, stride), np.float32)
+    mosaic[:, :, :w] = wc.transpose(1, 0, 2)
+    mosaic = mosaic.reshape(h, t_len * stride)
+    seed_img = (mosaic >= ALPHA_MIN).astype(np.uint8)
+    # grow the seeds by one pixel so each blob keeps its faint anti-aliased rim (dropping it
+    # would bias the centroid towards the core); the blank columns stop growth across frames
+    grown = cv2.dilate(seed_img, _KERNEL) & (mosaic > 0).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    lab_all = labels.ravel()
+    on = np.flatnonzero(lab_all)  # only labelled pixels carry moments
+    lab = lab_all[on]
+    wf = mosaic.ravel()[on].astype(np.float64)
+    xs = on % (t_len * stride) % stride + 0.5
+    ys = on // (t_len * stride) + 0.5
+    mom = {key: np.bincount(lab, wf * val, minlength=n) for key, val in (
+        ("1", 1.0), ("x", xs), ("y", ys), ("xx", xs * xs), ("yy", ys * ys), ("xy", xs * ys),
+        ("xxy", xs * xs * ys), ("xyy", xs * ys * ys), ("xxyy", xs * xs * ys * ys))}
+    peak = np.zeros(n)
+    np.maximum.at(peak, lab, wf)
     for i in range(1, n):
-        m = mass[i]
+        m = mom["1"][i]
         if m < BLOB_MIN or m > BLOB_MAX_MASS:
             continue
-        x0, y0, bw, bh = (int(v) for v in stats[i, :4])
+        left, top, bw, bh = (int(v) for v in stats[i, :4])
         if m / (np.pi / 4 * bw * bh) < BLOB_MIN_DENSITY:
             continue
-        cx, cy = mx[i] / m, my[i] / m
-        sel = lab == i
-        ww, dx, dy = wf[sel], xs.ravel()[sel] - cx, ys.ravel()[sel] - cy
-        vx, vy = float(ww @ dx**2) / m, float(ww @ dy**2) / m
-        sq = float(ww @ (dx**2 * dy**2)) / m / max(vx * vy, 1e-6)
-        edge = x0 == 0 or y0 == 0 or x0 + bw >= wd or y0 + bh >= h
-        blobs.append(Blob(colour, float(cx), float(cy), float(m), float(wf[sel].max()), bw, bh, edge, sq))
-    return blobs
+        cx, cy = mom["x"][i] / m, mom["y"][i] / m
+        e = {k: v[i] / m for k, v in mom.items()}
+        vx = e["xx"] - cx * cx
+        vy = e["yy"] - cy * cy
+        # E[(x−cx)²(y−cy)²] from raw moments
+        m22 = (e["xxyy"] - 2 * cy * e["xxy"] - 2 * cx * e["xyy"] + cy * cy * e["xx"] + cx * cx * e["yy"]
+               + 4 * cx * cy * e["xy"] - 3 * cx * cx * cy * cy)
+        cxy = e["xy"] - cx * cy
+        aniso = float(np.hypot(vx - vy, 2 * cxy) / max(vx + vy, 1e-6))
+        frame, x0 = divmod(left, stride)
+        edge = x0 == 0 or top == 0 or x0 + bw >= w or top + bh >= h
+        out[frame].append(Blob(colour, float(cx), float(cy), float(m), float(peak[i]), bw, bh, edge,
+                               float(m22 / max(vx * vy, 1e-6)), float((vx + vy) / 2), aniso))
+    for blobs in out:
+        blobs.sort(key=lambda b: -b.mass)
+    return out
 
 
 def detect(video: np.ndarray) -> list[dict[str, list[Blob]]]:
     """Object blobs per frame and colour: ``frames[t][colour] -> [Blob, ...]`` (heaviest first)."""
     k, w = memberships(video)
-    out: list[dict[str, list[Blob]]] = []
-    for t in range(video.shape[0]):
-        per: dict[str, list[Blob]] = {}
-        for ci, colour in enumerate(COLOURS):
-            wc = np.where(k[t] == ci, w[t], 0.0)
-            mask = (wc > 0).astype(np.uint8)
-            if not mask.any():
-                continue
-            n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-            blobs = _blob_stats(colour, wc, labels, stats, n)
+    out: list[dict[str, list[Blob]]] = [{} for _ in range(video.shape[0])]
+    for ci, colour in enumerate(COLOURS):
+        for t, blobs in enumerate(_colour_blobs(colour, np.where(k == ci, w, 0.0))):
             if blobs:
-                per[colour] = sorted(blobs, key=lambda b: -b.mass)
-        out.append(per)
+                out[t][colour] = blobs
     return out
 
 
@@ -161,7 +204,8 @@ class Track:
     mass: np.ndarray  # (T,) colour mass of the chosen blob (0 when unseen)
     duplicates: np.ndarray  # (T,) number of other substantial blobs of this colour
     edge: np.ndarray  # (T,) chosen blob touches the frame border (partly out of view)
-    squareness: float | None  # median over sharp frames; None when never sharp
+    squareness: float | None  # median over frames that voted on the shape; None when none did
+    shape_votes: dict[str, int] = field(default_factory=dict)  # "ball"/"block" -> frames voting so
     blobs: list[list[Blob]] = field(default_factory=list, repr=False)
 
     @property
@@ -185,6 +229,7 @@ def follow(colour: str, frames: list[dict[str, list[Blob]]]) -> Track:
     dups = np.zeros(t_len, dtype=int)
     edge = np.zeros(t_len, dtype=bool)
     squares: list[float] = []
+    votes: dict[str, int] = {}
     history: list[tuple[int, np.ndarray]] = []
     per_frame: list[list[Blob]] = []
     for t, per in enumerate(frames):
@@ -209,11 +254,13 @@ def follow(colour: str, frames: list[dict[str, list[Blob]]]) -> Track:
         edge[t] = chosen.touches_edge
         dups[t] = sum(1 for b in blobs if b is not chosen and b.mass >= DUPLICATE_MIN
                       and b.mass >= 0.5 * chosen.mass)
-        if chosen.peak > 0.8 and not chosen.touches_edge:
+        vote = chosen.shape_vote()
+        if vote is not None:
             squares.append(chosen.squareness)
+            votes[vote] = votes.get(vote, 0) + 1
         history.append((t, pos[t].copy()))
     sq = float(np.median(squares)) if squares else None
-    return Track(colour, pos, mass, dups, edge, sq, per_frame)
+    return Track(colour, pos, mass, dups, edge, sq, votes, per_frame)
 
 
 @dataclass

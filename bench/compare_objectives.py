@@ -1,0 +1,187 @@
+"""Objective comparison on the built-in world: same prompts, same budget, several seeds each.
+
+Variants (all on the default preset unless overridden):
+  base            the base model, no training, no refinement (round 0 of every run)
+  refine-only     the base model with prompt refinement at inference (round 0, refined prompts)
+  sft / rwr / flow-dpo / phygdpo / gdpo-full    the objectives of policy/objectives.py
+  phygdpo-no-pgr  PhyGDPO with α = γ = 1 (no physics-guided rewarding)
+  phygdpo-full-copy   PhyGDPO with a full-copy reference instead of LoRA-SR
+  phygdpo-distil  generate with refined prompts, train on the original prompts
+
+For every trained variant and seed it runs the whole loop (`agent run`) and records held-out
+joint success per round and wall time per round, then writes
+``bench/results/objectives[_quick].json``, a learning-curve plot ``bench/objectives[_quick].png``
+and prints a Markdown table for BENCHMARKS.md.
+
+    python bench/compare_objectives.py                 # full: 5 rounds × 3 seeds (hours on 2 cores)
+    python bench/compare_objectives.py --quick         # minutes: tiny budget, 1 seed (used by a test)
+    python bench/compare_objectives.py --preset wan2.1-1.3b --variants phygdpo,flow-dpo   # on GPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TRAINED = {
+    "sft": ["train.objective='sft'"],
+    "rwr": ["train.objective='rwr'"],
+    "flow-dpo": ["train.objective='flow-dpo'"],
+    "phygdpo": ["train.objective='phygdpo'"],
+    "gdpo-full": ["train.objective='gdpo-full'"],
+    "phygdpo-no-pgr": ["train.objective='phygdpo'", "train.use_pgr=false"],
+    "phygdpo-full-copy": ["train.objective='phygdpo'", "train.reference='full-copy'"],
+    "phygdpo-distil": ["train.objective='phygdpo'", "refine.distil=true"],
+}
+ALL = ["base", "refine-only", *TRAINED]
+
+QUICK = ["rounds=2", "train.steps=6", "plan.prompts_per_round=4", "generate.group_size=2",
+         "data.world.train_scenes_per_family=2", "data.world.heldout_scenes_per_family=2",
+         "evaluate.clips_per_prompt=1", "generate.toy.steps=6"]
+
+
+def run_variant(name: str, seed: int, preset: str, extra: list[str], runs_dir: Path, quick: bool) -> dict:
+    from agent import loop
+    from agent.config import load_config
+    from agent.runtime import open_store
+
+    overrides = [*(QUICK if quick else []), *extra, f"seed={seed}", f"train.seed={seed}",
+                 f"runs_dir='{runs_dir}'"]
+    if name in ("base", "refine-only"):
+        overrides += ["evaluate.refine=true", "rounds=1"]  # round 0 is what these report
+    else:
+        overrides += TRAINED[name]
+    cfg, _ = load_config(preset, overrides)
+    run = f"{name}-s{seed}"
+    loop.prepare_run(cfg, preset=preset, name=run)
+    t0 = time.perf_counter()
+    if name in ("base", "refine-only"):
+        # only the baseline node: evaluate the base model as written and refined
+        from agent.nodes import Nodes
+        from agent.runtime import Runtime
+
+        store = open_store(runs_dir)
+        rt = Runtime(run=run, config=cfg, store=store)
+        _ = rt.trainer
+        Nodes(rt).baseline({"round": 0, "rounds": 0, "run": run})
+        store.close()
+    else:
+        loop.execute(run, cfg)
+    wall = time.perf_counter() - t0
+    store = open_store(runs_dir)
+    try:
+        metrics = store.round_metrics(run)
+        key = "heldout_joint_success_refined" if name == "refine-only" else "heldout_joint_success"
+        curve = [m[key] for m in metrics]
+        seconds = [m["seconds"] for m in metrics[1:]]
+    finally:
+        store.close()
+    return {"variant": name, "seed": seed, "curve": curve, "round_seconds": seconds, "wall_seconds": wall}
+
+
+def summarise(results: list[dict], rounds: int) -> dict:
+    out = {}
+    for name in dict.fromkeys(r["variant"] for r in results):
+        rs = [r for r in results if r["variant"] == name]
+        curves = [r["curve"] for r in rs]
+        if name in ("base", "refine-only"):  # constant: the base model every round
+            curves = [[c[0]] * (rounds + 1) for c in curves]
+        per_round = []
+        for k in range(rounds + 1):
+            vals = [c[k] for c in curves if len(c) > k and c[k] is not None]
+            per_round.append({"mean": statistics.fmean(vals) if vals else None,
+                              "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)})
+        secs = [s for r in rs for s in r["round_seconds"] if s is not None]
+        out[name] = {"per_round": per_round, "seconds_per_round": statistics.fmean(secs) if secs else None}
+    return out
+
+
+def table(summary: dict, rounds: int) -> str:
+    head = "| variant | " + " | ".join(f"round {k}" for k in range(rounds + 1)) + " | s / round |"
+    lines = [head, "|" + "---|" * (rounds + 3)]
+    for name, s in summary.items():
+        cells = [("–" if p["mean"] is None else f"{100 * p['mean']:.1f} ± {100 * p['sd']:.1f}") for p in s["per_round"]]
+        secs = "–" if s["seconds_per_round"] is None else f"{s['seconds_per_round']:.0f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, rounds: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = list(range(rounds + 1))
+    for name, s in summary.items():
+        mean = [None if p["mean"] is None else 100 * p["mean"] for p in s["per_round"]]
+        sd = [100 * p["sd"] for p in s["per_round"]]
+        style = "--" if name in ("base", "refine-only") else "-"
+        ax.plot(xs, mean, style, marker="o" if style == "-" else None, label=name)
+        if style == "-" and all(m is not None for m in mean):
+            ax.fill_between(xs, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)], alpha=0.12)
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out joint success (%)")
+    ax.set_title("built-in world: objectives (mean ± sd over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--quick", action="store_true", help="tiny budget and one seed: minutes")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per variant (default 3, quick 1)")
+    ap.add_argument("--variants", default=",".join(ALL), help=f"comma list from {','.join(ALL)}")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
+    ap.add_argument("--runs-dir", type=Path, default=ROOT / "bench" / "out" / "objectives")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(ALL)
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {ALL}")
+    seeds = args.seeds or (1 if args.quick else 3)
+    suffix = "_quick" if args.quick else ""
+    out = args.out or ROOT / "bench" / "results" / f"objectives{suffix}.json"
+    if args.runs_dir.exists():
+        shutil.rmtree(args.runs_dir)
+    from agent.config import load_config
+
+    cfg, _ = load_config(args.preset, [*(QUICK if args.quick else []), *args.overrides])
+    t0 = time.perf_counter()
+    results = []
+    for seed in range(seeds):
+        for name in variants:
+            print(f"[{time.perf_counter() - t0:6.0f}s] {name} seed {seed}", flush=True)
+            results.append(run_variant(name, seed, args.preset, args.overrides, args.runs_dir, args.quick))
+    summary = summarise(results, cfg.rounds)
+    doc = {"benchmark": "objective comparison", "date": date.today().isoformat(),
+           "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, "
+                      f"{__import__('os').cpu_count()} cores",
+           "command": "python bench/compare_objectives.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "preset": args.preset, "quick": args.quick, "seeds": seeds, "rounds": cfg.rounds,
+           "wall_seconds": time.perf_counter() - t0, "summary": summary, "runs": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    plot(summary, cfg.rounds, ROOT / "bench" / f"objectives{suffix}.png")
+    print(table(summary, cfg.rounds))
+    print(f"wrote {out} in {doc['wall_seconds']:.0f}s")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The built-in world's rule-based critic: add to a prompt the physics its last video missed.
+
+``RuleCritic().refine(prompt, history)`` recognises the scenario and the named objects of
+the prompt (:mod:`.intent`), reads what the judge found wrong with the latest video made
+from it (the failed checks in ``HistoryItem.score.details``, or key words of the rationale
+when another judge wrote it), and appends the matching *cues*: short clauses in the words of
+the simulator's most detailed prompts ("gravity accelerates it straight down", "each bounce
+is lower than the last, losing energy", "friction decelerates it steadily and it never
+speeds up", ...). With no judged video yet it adds the scenario's core cues the prompt
+leaves unstated — the physics expander.
+
+Rules that keep refinement a safe lever:
+- never a new object or colour: cues only restate the colours the prompt already names;
+  a start position is only ever the prompt's own position words;
+- a cue already stated (found by its marker words) is not repeated;
+- the result fits the text encoder: at most ``max_tokens`` word/punctuation tokens
+  (all-MiniLM-L6-v2 reads 64 with [CLS]/[SEP]); cues for the worst failures go first;
+- converges: when the latest video passed every check, or every cue it needs is already
+  there, the prompt is returned unchanged;
+- deterministic: the same prompt and history give the same rewrite.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from reward.base import HistoryItem, Refinement, Score
+
+from .intent import Intent, parse_prompt
+
+
+@dataclass(frozen=True)
+class Cue:
+    id: str
+    text: str  # template: {c} first colour, {c2} second colour, {shape}, {where}
+    markers: str  # regex: the cue is already stated when this matches the prompt
+    triggers: tuple[str, ...]  # judge check names whose failure calls for this cue
+
+
+_OBJECTS = Cue("objects", "there is exactly one {c} {shape}", r"exactly one|only one",
+               ("present", "extra_object", "count", "objects", "shape"))
+_SINGLE = Cue("single", "the {c} {shape} stays whole and in view the whole time", r"whole time|stays whole",
+              ("vanish", "duplicate", "teleport"))
+_CLEAN = Cue("clean", "shown sharply on a plain dark background", r"plain dark background", ("noise",))
+
+CUES: dict[str | None, tuple[Cue, ...]] = {
+    "drop": (
+        _OBJECTS,
+        Cue("start", "it starts at rest at the {where} of the frame", r"starts at rest|released from rest",
+            ("start_region", "from_rest")),
+        Cue("gravity", "gravity accelerates it straight down", r"gravity|accelerat",
+            ("gravity", "smooth_flight", "falls", "straight_down", "frozen", "kick", "moves", "horizontal_flight")),
+        Cue("bounce", "it hits the floor and bounces back up", r"bounc", ("bounces", "lift_off")),
+        Cue("lower", "each bounce is lower than the last, losing energy", r"lower|losing energy",
+            ("bounce_energy", "mid_air_turn")),
+        _SINGLE, _CLEAN,
+    ),
+    "projectile": (
+        _OBJECTS,
+        Cue("start", "it starts at the {where}", r"starts at the", ("start_region",)),
+        Cue("throw", "it is thrown up and to the right", r"up and to the right",
+            ("direction", "thrown_up", "airborne", "moves")),
+        Cue("horizontal", "it keeps a constant horizontal speed", r"constant horizontal",
+            ("horizontal_flight", "kick")),
+        Cue("gravity", "gravity bends its path into a parabola, rising, slowing at the top, then falling faster",
+            r"gravity|parabola", ("gravity", "smooth_flight", "frozen", "kick", "lift_off")),
+        Cue("lower", "it bounces back lower than it fell, losing energy", r"lower|losing energy",
+            ("bounce_energy", "mid_air_turn")),
+        _SINGLE, _CLEAN,
+    ),
+    "slide": (
+        _OBJECTS,
+        Cue("start", "it starts at the {where} on the floor", r"starts at the", ("start_region",)),
+        Cue("push", "it is pushed to the right along the floor", r"to the right", ("direction", "moves")),
+        Cue("floor", "it stays on the floor", r"stays on the floor", ("on_floor", "lift_off", "gravity")),
+        Cue("friction", "friction decelerates it steadily and it never speeds up", r"friction|decelerat",
+            ("friction_speedup", "friction_rate", "friction_jerk", "frozen")),
+        Cue("rest", "it comes to rest", r"comes to rest|until it stops|stops", ("comes_to_rest",)),
+        _SINGLE, _CLEAN,
+    ),
+    "collision": (
+        Cue("objects", "there are exactly two balls, one {c} and one {c2}", r"exactly two",
+            ("present", "extra_object", "count", "objects", "shape")),
+        Cue("approach", "the {c} ball rolls to the right towards the resting {c2} ball",
+            r"rolls to the right|towards the", ("striker_moves", "start_region")),
+        Cue("impact", "it strikes the {c2} ball", r"strikes|hits", ("impact", "causality", "penetration")),
+        Cue("momentum", "on impact the {c} ball nearly stops and the {c2} ball moves off to the right "
+            "with its speed, conserving momentum", r"momentum|nearly stops",
+            ("momentum", "collision_energy", "target_moves", "striker_stops")),
+        Cue("steady", "both balls roll at a steady speed between impacts", r"steady speed",
+            ("rolling_speed", "frozen")),
+        Cue("single", "both balls stay whole and in view the whole time", r"whole time|stays whole",
+            ("vanish", "duplicate", "teleport")),
+        _CLEAN,
+    ),
+    None: (
+        # worded without any family's words, so the rewrite stays an unrecognised (generic) prompt
+        Cue("gravity", "anything in the air is pulled down by gravity, speeding up", r"gravity",
+            ("gravity", "smooth_flight", "lift_off", "mid_air_turn", "kick")),
+        Cue("single", "every object stays whole and in view the whole time", r"whole time|stays whole",
+            ("vanish", "duplicate", "teleport")),
+        _CLEAN,
+    ),
+}
+
+# cues added before any video was judged: the core physics of each scenario
+EXPAND: dict[str | None, tuple[str, ...]] = {
+    "drop": ("gravity", "bounce", "lower"),
+    "projectile": ("throw", "horizontal", "gravity"),
+    "slide": ("push", "friction", "rest"),
+    "collision": ("impact", "momentum"),
+    None: (),
+}
+
+# another judge's free-text rationale (e.g. the VLM's) → the check it describes
+_RATIONALE_WORDS: tuple[tuple[str, str], ...] = (
+    (r"vanish|disappear", "vanish"), (r"duplicat|second copy|splits", "duplicate"),
+    (r"teleport|jumps", "teleport"), (r"gravity|float|does not fall|hover", "gravity"),
+    (r"bounce[sd]? (?:higher|too high)|energy gain|gains energy", "bounce_energy"),
+    (r"speeds up|accelerat\w* while sliding|friction", "friction_speedup"),
+    (r"momentum|does not move off|passes through", "momentum"), (r"frozen|freez|stops dead", "frozen"),
+    (r"missing|not present|wrong colou?r", "present"), (r"noise|noisy", "noise"),
+)
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> int:
+    """Word and punctuation tokens (what a BERT-style tokenizer splits before word pieces)."""
+    return len(_TOKEN.findall(text))
+
+
+def failed_checks(score: Score) -> list[str]:
+    """Names of the checks the judge failed, worst first (from ``details`` or the rationale)."""
+    failed = score.details.get("failed") if isinstance(score.details, dict) else None
+    if isinstance(failed, list):
+        return [str(f) for f in failed]
+    if score.accept:
+        return []
+    text = (score.rationale or "").lower()
+    return [name for pattern, name in _RATIONALE_WORDS if re.search(pattern, text)]
+
+
+def _latest_judged(history: Sequence[HistoryItem]) -> HistoryItem | None:
+    for item in reversed(history):
+        if item.score is not None and item.score.judged:
+            return item
+    return None
+
+
+class RuleCritic:
+    """``reward.base.Critic`` of the built-in world (see the module docstring)."""
+
+    name = "rules"
+
+    def __init__(self, max_tokens: int = 60):
+        if max_tokens < 8:
+            raise ValueError(f"max_tokens must be at least 8, got {max_tokens}")
+        self.max_tokens = max_tokens
+
+    def refine(self, prompt: str, history: Sequence[HistoryItem]) -> Refinement:
+        intent = parse_prompt(prompt)
+        cues = CUES.get(intent.family, CUES[None])
+        last = _latest_judged(history)
+        if last is None:
+            wanted = [c for c in cues if c.id in EXPAND.get(intent.family, ())]
+            why = "no judged video yet: stating the scenario's core physics"
+        else:
+            failed = failed_checks(last.score)
+            if not failed:
+                return Refinement(prompt, "converged: the last video passed every check; prompt kept")
+            wanted = []
+            for name in failed:  # worst first
+                for c in cues:
+                    if name in c.triggers and c not in wanted:
+                        wanted.append(c)
+            why = "the judge found: " + (last.score.rationale or ", ".join(failed))
+        added, skipped = self._compose(prompt, intent, wanted)
+        scenario = intent.family or "unrecognised scenario"
+        if not added:
+            note = "nothing to add: every cue it needs is already stated" if wanted else "no cue applies"
+            return Refinement(prompt, f"{scenario}: {note}; prompt kept. {why}".strip())
+        new = self._join(prompt, [t for _, t in added])
+        critique = f"{scenario}: added {', '.join(i for i, _ in added)}"
+        if skipped:
+            critique += f" (left out for length: {', '.join(skipped)})"
+        return Refinement(new, f"{critique}. {why}".strip())
+
+    # -------------------------------------------------------------- helpers
+    def _compose(self, prompt: str, intent: Intent, wanted: list[Cue]) -> tuple[list[tuple[str, str]], list[str]]:
+        text = prompt.lower()
+        added: list[tuple[str, str]] = []
+        skipped: list[str] = []
+        for cue in wanted:
+            if re.search(cue.markers, text):
+                continue
+            phrase = self._fill(cue, intent)
+            if phrase is None:
+                continue
+            if count_tokens(self._join(prompt, [t for _, t in added] + [phrase])) > self.max_tokens:
+                skipped.append(cue.id)
+                continue
+            added.append((cue.id, phrase))
+        return added, skipped
+
+    @staticmethod
+    def _fill(cue: Cue, intent: Intent) -> str | None:
+        colours = intent.colours
+        if "{c2}" in cue.text and len(colours) < 2:
+            return None
+        if "{where}" in cue.text:
+            horiz, vert = intent.start
+            if horiz is None and vert is None:
+                return None  # never invent a position: the real video starts where it starts
+            where = " ".join(w for w in (vert, horiz) if w)
+        else:
+            where = ""
+        c = colours[0] if colours else ""
+        text = cue.text.format(c=c, c2=colours[1] if len(colours) > 1 else "", shape=intent.shape or "object",
+                               where=where)
+        return " ".join(text.split())
+
+    @staticmethod
+    def _join(prompt: str, phrases: list[str]) -> str:
+        base = prompt.strip().rstrip(".;, ")
+        return "; ".join([base] + phrases) if phrases else base

@@ -1,0 +1,221 @@
+"""The built-in world's tiny generator: text encoder, sampler, checkpoint, pretraining.
+
+Models here are tiny random ones built from configs (a few thousand parameters, 4×16×16 clips)
+so the whole file runs in seconds; only ``test_shipped_checkpoint_*`` touches the shipped base.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from policy.base import Generator
+from policy.pretrain import PretrainConfig, cosine_lr, pretrain
+from policy.text import TEXT_DIM, TextEncoder, embed_sentences
+from policy.toy import (DEFAULT_CHECKPOINT, SampleConfig, ToyArch, ToyGenerator, latents_to_videos,
+                        sigma_schedule, videos_to_latents)
+
+TINY = ToyArch(frames=4, size=16, patch_size=(1, 4, 4), num_heads=2, head_dim=12, ffn_dim=32, num_layers=1,
+               freq_dim=16, text_len=16)
+
+
+@pytest.fixture(scope="module")
+def text_encoder() -> TextEncoder:
+    return TextEncoder(max_length=TINY.text_len)
+
+
+@pytest.fixture()
+def gen(text_encoder) -> ToyGenerator:
+    torch.set_num_threads(1)
+    return ToyGenerator.random(TINY, seed=0, sampling=SampleConfig(steps=3), text_encoder=text_encoder)
+
+
+# ------------------------------------------------------------------ text
+def test_text_encoder_pads_with_zeros_and_caches(text_encoder):
+    short, long = "a red ball is dropped", " ".join(["a blue block slides on the floor"] * 10)
+    emb = text_encoder.encode([short, long])
+    assert emb.shape == (2, TINY.text_len, TEXT_DIM) and emb.dtype == torch.float32
+    n_tokens = len(text_encoder.model.tokenizer(short)["input_ids"])  # incl. [CLS] and [SEP]
+    assert emb[0, :n_tokens].abs().sum(-1).min() > 0
+    assert torch.all(emb[0, n_tokens:] == 0)
+    assert emb[1].abs().sum(-1).min() > 0  # truncated, not padded
+    misses = text_encoder.misses
+    again = text_encoder.encode([long, short])
+    assert text_encoder.misses == misses and text_encoder.hits >= 2
+    assert torch.equal(again[0], emb[1]) and torch.equal(again[1], emb[0])
+
+
+def test_text_embedding_does_not_depend_on_batch(text_encoder):
+    fresh = TextEncoder(max_length=TINY.text_len)
+    solo = fresh.encode(["a green ball rolls into a red ball"])[0]
+    mixed = TextEncoder(max_length=TINY.text_len).encode(
+        ["x", "a green ball rolls into a red ball", "a much longer prompt with many more words in it"])[1]
+    assert torch.equal(solo, mixed)
+
+
+def test_embed_sentences_are_normalised():
+    e = embed_sentences(["a red ball is dropped", "a red ball falls", "a block slides across the floor"])
+    assert e.shape == (3, TEXT_DIM) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2]  # paraphrases are closer than different scenes
+    with pytest.raises(TypeError):
+        embed_sentences("not a list")
+
+
+# ------------------------------------------------------------------ latents
+def test_encode_videos_round_trip_is_exact(gen):
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    videos[0][0, 0, 0] = [0, 255, 128]
+    lat = gen.encode_videos(videos)
+    assert lat.shape == (3, 3, 4, 16, 16) and lat.dtype == torch.float32
+    assert lat.min() >= -1 and lat.max() <= 1
+    np.testing.assert_array_equal(gen.decode_latents(lat), np.stack(videos))
+    with pytest.raises(ValueError, match="4×16×16"):
+        gen.encode_videos([np.zeros((4, 8, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match="uint8"):
+        videos_to_latents([np.zeros((4, 16, 16, 3), np.float32)])
+
+
+def test_latents_to_videos_clips_out_of_range():
+    lat = torch.tensor([-3.0, -1.0, 0.0, 1.0, 5.0]).view(1, 1, 1, 1, 5).expand(1, 3, 1, 1, 5)
+    assert latents_to_videos(lat)[0, 0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+# ------------------------------------------------------------------ denoiser and sampler
+def test_satisfies_generator_protocol(gen):
+    assert isinstance(gen, Generator) and gen.name == "toy"
+
+
+def test_velocity_and_sample_shapes(gen):
+    x = torch.randn(2, 3, 4, 16, 16)
+    text = gen.encode_prompts(["a red ball is dropped", "a blue ball is thrown"])
+    v = gen.velocity(x, torch.tensor([0.3, 0.9]), text)
+    assert v.shape == x.shape and v.dtype == torch.float32
+    out = gen.sample(x, text)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_sigma_schedule():
+    s = sigma_schedule(8)
+    assert s[0] == 1 and s[-1] == 0 and len(s) == 9 and torch.all(s[1:] < s[:-1])
+    assert torch.all(sigma_schedule(8, shift=3.0)[1:-1] > s[1:-1])
+
+
+def test_generate_shapes_seeds_and_determinism(gen):
+    prompts = ["a red ball is dropped", "a blue block slides across the floor"]
+    calls = []
+    out = gen.generate(prompts, seeds=[10, 20], group_size=3, progress=lambda d, t: calls.append((d, t)))
+    assert [len(g) for g in out] == [3, 3]
+    assert [c.seed for c in out[1]] == [20, 21, 22]
+    clip = out[0][1]
+    assert clip.prompt == prompts[0] and clip.video.dtype == np.uint8 and clip.video.shape == (4, 16, 16, 3)
+    assert clip.latent.shape == (3, 4, 16, 16) and clip.text.shape == (TINY.text_len, TEXT_DIM)
+    np.testing.assert_array_equal(gen.decode_latents(clip.latent[None])[0], clip.video)
+    assert calls[-1] == (6, 6)
+    again = gen.generate(prompts, seeds=[10, 20], group_size=3)
+    for g1, g2 in zip(out, again):
+        for a, b in zip(g1, g2):
+            np.testing.assert_array_equal(a.video, b.video)
+    assert not np.array_equal(out[0][0].video, out[0][1].video)  # different seeds, different clips
+
+
+def test_clip_depends_only_on_its_seed_not_on_batching(gen):
+    prompts = ["a red ball is dropped", "a green ball is thrown"]
+    batched = gen.generate(prompts, seeds=[0, 7], group_size=2)
+    alone = gen.generate(prompts[1:], seeds=[8], group_size=1, sampling=SampleConfig(steps=3, max_batch=1))
+    diff = np.abs(batched[1][1].video.astype(int) - alone[0][0].video.astype(int))
+    assert diff.max() <= 1  # equal up to float rounding of a different batch size
+
+
+def test_guidance(gen):
+    torch.manual_seed(0)
+    for p in gen.transformer.parameters():  # make the text path matter in a random model
+        p.data.add_(0.05 * torch.randn_like(p))
+    noise = torch.stack([gen.noise(1), gen.noise(2)])
+    text = gen.encode_prompts(["a red ball is dropped", "a purple ball is thrown"])
+    plain = gen.sample(noise, text, SampleConfig(steps=3, guidance=1.0))
+    guided = gen.sample(noise, text, SampleConfig(steps=3, guidance=4.0))
+    assert not torch.allclose(plain, guided, atol=1e-4)
+    # g = 0 keeps only the unconditional branch: the same as sampling with the null prompt
+    uncond = gen.sample(noise, text, SampleConfig(steps=3, guidance=0.0))
+    null = gen.sample(noise, gen.text_encoder.null(2), SampleConfig(steps=3, guidance=1.0))
+    torch.testing.assert_close(uncond, null, atol=1e-4, rtol=1e-4)
+
+
+def test_input_validation(gen):
+    with pytest.raises(ValueError, match="seeds"):
+        gen.generate(["a", "b"], seeds=[1], group_size=1)
+    with pytest.raises(TypeError):
+        gen.generate("a red ball", seeds=[1], group_size=1)
+    with pytest.raises(ValueError, match="steps"):
+        SampleConfig(steps=0)
+    with pytest.raises(ValueError, match="not divisible"):
+        ToyArch(frames=5, patch_size=(2, 4, 4))
+
+
+# ------------------------------------------------------------------ checkpoints and adapters
+def test_checkpoint_round_trip(gen, text_encoder, tmp_path):
+    path = gen.save_checkpoint(tmp_path / "base.safetensors", note="test")
+    loaded = ToyGenerator.from_checkpoint(path, text_encoder=text_encoder)
+    assert loaded.arch == TINY and loaded.sampling == gen.sampling and loaded.metadata["note"] == "test"
+    a = gen.generate(["a red ball is dropped"], [3], 1)[0][0].video
+    b = loaded.generate(["a red ball is dropped"], [3], 1)[0][0].video
+    np.testing.assert_array_equal(a, b)
+    assert ToyGenerator.from_checkpoint(path, text_encoder=text_encoder, steps=7).sampling.steps == 7
+    with pytest.raises(FileNotFoundError, match="build_toy_base"):
+        ToyGenerator.from_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_adapter_save_load(gen, text_encoder, tmp_path):
+    from policy.lora import attach_lora, lora_parameters
+
+    attach_lora(gen.transformer, rank=4, alpha=4)
+    for p in lora_parameters(gen.transformer):
+        p.data.normal_(0, 0.1)
+    gen.save_adapter(tmp_path / "adapter")
+    with pytest.raises(ValueError, match="LoRA"):
+        gen.save_checkpoint(tmp_path / "x.safetensors")
+    other = ToyGenerator.random(TINY, seed=0, sampling=SampleConfig(steps=3), text_encoder=text_encoder)
+    other.load_adapter(tmp_path / "adapter")
+    a = gen.generate(["a red ball is dropped"], [5], 1)[0][0].video
+    b = other.generate(["a red ball is dropped"], [5], 1)[0][0].video
+    np.testing.assert_array_equal(a, b)
+
+
+def test_shipped_checkpoint_loads_and_samples():
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("the shipped base checkpoint has not been built")
+    assert DEFAULT_CHECKPOINT.stat().st_size <= 20 * 2**20
+    base = ToyGenerator.from_checkpoint(steps=2)
+    assert base.arch.frames == 12 and base.arch.size == 32
+    out = base.generate(["a red ball is dropped"], [0], 2)
+    assert out[0][0].video.shape == (12, 32, 32, 3)
+    assert base.metadata["training"]["final_loss"] < base.metadata["training"]["first_loss"]
+
+
+# ------------------------------------------------------------------ pretraining
+def test_cosine_lr_schedule():
+    cfg = PretrainConfig(steps=100, lr=1e-3, lr_min=1e-5, warmup=10)
+    assert cosine_lr(0, cfg) == pytest.approx(1e-4)
+    assert cosine_lr(9, cfg) == pytest.approx(1e-3)
+    assert cosine_lr(99, cfg) == pytest.approx(1e-5, rel=0.05)
+
+
+def test_pretrain_reduces_loss(gen):
+    rng = np.random.default_rng(0)
+    videos = np.zeros((6, 4, 16, 16, 3), np.uint8)
+    for i in range(6):  # a bright square moving right: easy structure to learn
+        for f in range(4):
+            x = 2 + 2 * f + i
+            videos[i, f, 6:10, x:x + 4] = rng.integers(150, 256, 3)
+    prompts = [("a square moves right", f"a square moves right from column {i}") for i in range(6)]
+    cfg = PretrainConfig(steps=40, batch=6, lr=3e-3, warmup=5, log_every=10, seed=1)
+    logged, stepped = [], []
+    losses = pretrain(gen.transformer, videos, prompts, gen.encode_prompts, cfg, log=logged.append,
+                      on_step=stepped.append)
+    assert len(losses) == 40 and len(logged) == 4 and stepped == list(range(1, 41))
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
+    with pytest.raises(ValueError, match="prompt lists"):
+        pretrain(gen.transformer, videos, prompts[:2], gen.encode_prompts, cfg)
