@@ -47,7 +47,9 @@ class Candidate(NamedTuple):
 
     @property
     def score(self) -> float:
-        return (self.sa + self.pc) / 2.0
+        """Mean of sa and pc, rounded so that equal judge scores tie exactly ((0.9+0.8)/2 and
+        (1.0+0.7)/2 differ in the last float bit)."""
+        return round((self.sa + self.pc) / 2.0, 9)
 
 
 @dataclass(frozen=True)

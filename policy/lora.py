@@ -74,6 +74,9 @@ def attach_lora(model: nn.Module, rank: int = 48, alpha: float = 48.0) -> None:
     model.requires_grad_(False)
     model.add_adapter(config, adapter_name=ADAPTER_NAME)  # diffusers' PeftAdapterMixin
     for p in lora_parameters(model):
+        # LoRA weights train in fp32 even on a bf16 base (as diffusers' cast_training_params):
+        # in bf16 most lr≈1e-5 updates would round away.
+        p.data = p.data.float()
         p.requires_grad_(True)
 
 

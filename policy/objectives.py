@@ -95,10 +95,6 @@ def _pair_difference(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: T
     return (policy_w - ref_w) - (policy_l - ref_l)
 
 
-def _mean_or_none(x: Tensor | None) -> Tensor | None:
-    return None if x is None else x.detach().float().mean()
-
-
 def phygdpo(
     policy_w: Tensor,
     policy_l: Tensor,

@@ -81,12 +81,13 @@ def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, text: tor
 
 def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence[Sequence[str]],
              encode: Callable[[list[str]], torch.Tensor], config: PretrainConfig = PretrainConfig(),
-             log: Log | None = print) -> list[float]:
+             log: Log | None = print, on_step: Callable[[int], None] | None = None) -> list[float]:
     """Train ``transformer`` in place on ``videos`` (uint8 ``(N, T, H, W, 3)``); returns per-step losses.
 
     ``prompts[i]`` lists the prompts of clip ``i`` (any number ≥ 1, e.g. the three detail levels);
     each step uses one of them, uniformly. ``encode`` maps a list of prompts to ``(B, L, D)``
-    token embeddings; it is called once on the distinct prompts.
+    token embeddings; it is called once on the distinct prompts. ``on_step(step)`` (1-based) runs
+    after every optimizer step (snapshots, custom stopping checks in experiments).
     """
     videos = np.asarray(videos)
     if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
@@ -131,6 +132,8 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1)
         if log is not None and ((step + 1) % config.log_every == 0 or step + 1 == config.steps):
             recent = losses[-config.log_every:]
             elapsed = time.perf_counter() - start

@@ -22,6 +22,8 @@ how it was trained.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,13 +31,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from diffusers import WanTransformer3DModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from policy.base import Generated, TrainingInputs
 from policy.text import TEXT_DIM, TextEncoder
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "toy_base.safetensors"
+CHECKPOINT_FORMAT = "phyloop-toy-base/1"
 
 Progress = Callable[[int, int], None]
 
@@ -174,6 +177,9 @@ class ToyGenerator:
                 f"toy generator checkpoint not found: need {weights} and {meta_path.name} "
                 "(rebuild it with `python scripts/build_toy_base.py`)")
         meta = json.loads(meta_path.read_text())
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{meta_path} is not a toy generator checkpoint (format {meta.get('format')!r}, "
+                             f"expected {CHECKPOINT_FORMAT!r})")
         arch = ToyArch.from_dict(meta["arch"])
         transformer = build_transformer(arch, seed=None)
         state = load_file(str(weights))
@@ -302,5 +308,35 @@ class ToyGenerator:
     # ------------------------------------------------------------------ checkpoint
     def checkpoint_metadata(self, **extra) -> dict:
         """The JSON written beside a base checkpoint: architecture, sampling defaults, extras."""
-        return {"format": "phyloop-toy-base/1", "arch": asdict(self.arch), "sampling": asdict(self.sampling),
+        return {"format": CHECKPOINT_FORMAT, "arch": asdict(self.arch), "sampling": asdict(self.sampling),
                 "params": sum(p.numel() for p in self.transformer.parameters()), **extra}
+
+    def save_checkpoint(self, path: str | Path, **extra) -> Path:
+        """Write the base weights to ``path`` (``.safetensors``) and metadata beside it (``.json``).
+
+        Both files are written atomically (temporary file, then rename). A LoRA, if attached, is
+        not part of a base checkpoint: save it with :meth:`save_adapter`.
+        """
+        from policy.lora import has_lora
+
+        if has_lora(self.transformer):
+            raise ValueError("the transformer carries a LoRA; a base checkpoint holds base weights only")
+        weights = Path(path).with_suffix(".safetensors")
+        state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in self.transformer.state_dict().items()}
+        meta = json.dumps(self.checkpoint_metadata(**extra), indent=2) + "\n"
+        _write_atomic(weights, lambda tmp: save_file(state, tmp, metadata={"format": CHECKPOINT_FORMAT}))
+        _write_atomic(weights.with_suffix(".json"), lambda tmp: Path(tmp).write_text(meta))
+        return weights
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

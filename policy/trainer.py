@@ -42,7 +42,8 @@ from torch import Tensor
 
 from policy import objectives as obj
 from policy.base import GroupSample
-from policy.lora import attach_lora, load_adapter, lora_parameters, make_reference, save_adapter
+from policy.lora import (ReferenceMode, attach_lora, load_adapter, lora_parameters, make_reference,
+                         save_adapter)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class TrainConfig(BaseModel):
 
     lora_rank: int = Field(48, ge=1)
     lora_alpha: float = Field(48.0, gt=0.0)
-    reference: Literal["lora-switch", "full-copy"] = "lora-switch"  # full-copy: ablation only
+    reference: ReferenceMode = "lora-switch"  # full-copy: the ablation/benchmark only
 
     timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
     logit_mean: float = 0.0
@@ -193,6 +194,8 @@ class _GroupStream:
 
 
 class _DivergenceGuard:
+    """The stop rule of a round (see the ``guard_*`` fields of :class:`TrainConfig`)."""
+
     def __init__(self, config: TrainConfig):
         self.c = config
         self.losses: list[float] = []
@@ -339,7 +342,7 @@ class Trainer:
         # winners first, then their loser(s); each loser shares its group's noise, t and text
         idx = torch.cat([torch.arange(B, device=self.device), b.owner])
         x0, x1, t, text = torch.cat([b.winners, b.losers]), b.noise[idx], b.t[idx], b.text[idx]
-        if cfg.objective == "rwr":
+        if cfg.objective == "rwr":  # winners have reward 1, losers the judge's (sa + pc)/2
             reward = torch.cat([torch.ones(B, device=self.device), (b.sa + b.pc) / 2.0])
             return obj.rwr(self._errors(self._policy, x0, x1, t, text), reward,
                            weighting=cfg.rwr_weighting, tau=cfg.rwr_tau, threshold=cfg.rwr_threshold)
