@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "bench" / "out" / "objectives")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="learning-curve PNG (default bench/objectives*.png)")
     args = ap.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(ALL)
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
            "wall_seconds": time.perf_counter() - t0, "summary": summary, "runs": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
-    plot(summary, cfg.rounds, ROOT / "bench" / f"objectives{suffix}.png")
+    plot(summary, cfg.rounds, args.plot or ROOT / "bench" / f"objectives{suffix}.png")
     print(table(summary, cfg.rounds))
     print(f"wrote {out} in {doc['wall_seconds']:.0f}s")
     return doc
