@@ -112,7 +112,15 @@ class RunConfig(_Model):
     rounds: int = Field(5, ge=1)
     seed: int = 0
     runs_dir: str = "runs"
-    processes: int = Field(1, ge=1, description="training processes (accelerate)")
+    processes: int = Field(1, ge=1, description="processes (one per GPU): `agent run` re-launches itself with "
+                           "this many; generation is sharded and train.groups_per_step is split across them")
+    launcher: Literal["auto", "torchrun", "accelerate"] = Field(
+        "auto", description="how processes > 1 are started: 'auto' = accelerate on CUDA, torchrun on CPU")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config file (e.g. runs/accelerate/fsdp-8xh100.yaml); GPUs only")
+    collective_timeout_s: float = Field(
+        6 * 3600.0, gt=0, description="how long a process waits in a collective: workers idle while rank 0 "
+        "judges and refines, so this must outlast the longest judge stage")
     data: DataConfig = DataConfig()
     plan: PlanConfig = PlanConfig()
     refine: RefineConfig = RefineConfig()
@@ -126,6 +134,11 @@ class RunConfig(_Model):
     def _coherent(self) -> "RunConfig":
         if self.generate.backend == "toy" and self.data.source != "world":
             raise ValueError("the toy generator only knows the built-in world: set data.source = 'world'")
+        if self.train.groups_per_step % self.processes:
+            raise ValueError(f"train.groups_per_step ({self.train.groups_per_step}) is the global batch and must be "
+                             f"a multiple of processes ({self.processes})")
+        if self.accelerate_config is not None and self.launcher == "torchrun":
+            raise ValueError("accelerate_config needs launcher = 'accelerate' or 'auto'")
         return self
 
 

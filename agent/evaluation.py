@@ -14,7 +14,7 @@ from rich.table import Table
 
 from agent.config import RunConfig
 from agent.dashboard import _f
-from agent.nodes import evaluate_round
+from agent.stages import evaluate_round
 from agent.runtime import Runtime
 
 

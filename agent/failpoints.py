@@ -6,6 +6,12 @@ time execution reaches ``failpoint(NAME, ROUND)``; ``NAME`` alone matches any ro
 ``mid:judge``, ``mid:train`` inside the long stages. With the variable unset a failpoint
 costs one dictionary lookup. Crash-and-resume tests use this to kill a real subprocess at
 exact places instead of racing a timer.
+
+In a multi-process run a ``#rankR`` suffix (``mid:train@1#rank1``) arms the failpoint in the
+process of that rank only (``RANK``, set by the launcher; 0 without one); without the suffix
+it fires in every process that reaches it. Only ``mid:train`` is reached by every rank (the
+graph's nodes run on rank 0), so ``mid:train@1#rank1`` kills one worker in the middle of
+training.
 """
 
 from __future__ import annotations
@@ -23,5 +29,8 @@ def failpoint(name: str, round: int | None = None) -> None:
     armed = _armed()
     if not armed:
         return
-    if name in armed or (round is not None and f"{name}@{round}" in armed):
+    keys = {name} | ({f"{name}@{round}"} if round is not None else set())
+    rank = os.environ.get("RANK", "0")
+    keys |= {f"{k}#rank{rank}" for k in keys}
+    if keys & armed:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,236 @@
+"""The work inside the loop's stages, shared by the graph's nodes and by `agent eval`.
+
+Generation and judging are idempotent: what is already stored (video files that match their
+hash, judged scores) is read back instead of recomputed, and every write is an upsert.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from agent.failpoints import failpoint
+from agent.refine import refine_prompt
+from agent.runtime import Runtime
+from agent.world_data import SOURCE_HELDOUT, SOURCE_TRAIN
+from reward.base import Score
+from store import read_video, verify, write_video
+
+# ------------------------------------------------------------------ seeds
+def derive_seed(*parts: int | str) -> int:
+    """A 31-bit seed from the run seed and a position (round, split, prompt, step)."""
+    words = [p if isinstance(p, int) else int.from_bytes(p.encode()[:8].ljust(8, b"\0"), "little") for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint32)[0] >> 1)
+
+
+# ------------------------------------------------------------------ shared stage helpers
+@dataclass
+class Clip:
+    video_id: str
+    idx: int
+    group_index: int
+    text: str
+    video: np.ndarray
+
+
+@contextmanager
+def timed(rt: Runtime, k: int, stage: str, total: int | None = None) -> Iterator[None]:
+    rt.ui.stage(k, stage, total)
+    t0 = time.perf_counter()
+    yield
+    rt.store.record_stage_time(rt.run, k, stage, time.perf_counter() - t0)
+
+
+def train_pool_source(rt: Runtime) -> str:
+    return SOURCE_TRAIN if rt.config.data.source == "world" else "train"
+
+
+def heldout_pool_source(rt: Runtime) -> str:
+    return SOURCE_HELDOUT if rt.config.data.source == "world" else "heldout"
+
+
+def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[int, str, int]],
+                   group_size: int) -> list[list[Clip]]:
+    """Generate (or read back) ``group_size`` clips for each ``(prompt idx, text, seed)``.
+
+    Clips whose video row exists and whose file matches its hash are read back; the others
+    are generated in one batch with the generator's current adapter and stored atomically.
+    """
+    existing = {(v["prompt_idx"], v["group_index"]): v for v in rt.store.videos(rt.run, k, split=split, kind=kind)}
+    out: list[list[Clip | None]] = [[None] * group_size for _ in jobs]
+    missing = []
+    for n, (idx, text, seed) in enumerate(jobs):
+        for j in range(group_size):
+            row = existing.get((idx, j))
+            path = rt.layout.path(row["path"]) if row else None
+            if row and row["prompt_text"] == text and row["sha256"] and verify(path, row["sha256"]):
+                out[n][j] = Clip(row["id"], idx, j, text, read_video(path))
+            elif n not in missing:
+                missing.append(n)
+    if missing:
+        adapter_round = rt.active_adapter
+        groups = rt.generate([jobs[n][1] for n in missing], [jobs[n][2] for n in missing], group_size,
+                             progress=lambda done, total: rt.ui.advance(done, total))
+        fps = getattr(getattr(rt.generator, "config", None), "fps", 8.0)
+        suffix = ".npy" if rt.config.generate.backend == "toy" else ".mp4"
+        with rt.store.transaction():
+            for n, group in zip(missing, groups):
+                idx, text, _ = jobs[n]
+                for g in group:
+                    j = g.seed - jobs[n][2]
+                    rel = rt.layout.video_relpath(k, split, idx, kind, j, suffix=suffix)
+                    sha = write_video(rt.layout.path(rel), g.video, fps=fps)
+                    vid = rt.store.record_video(
+                        rt.run, k, split, idx, kind, j, path=rel, sha256=sha, seed=g.seed, prompt_text=text,
+                        adapter_round=adapter_round, frames=g.video.shape[0], height=g.video.shape[1],
+                        width=g.video.shape[2], fps=fps)
+                    rt.latents[vid] = g.latent
+                    out[n][j] = Clip(vid, idx, j, text, g.video)
+                if kind == "generated":
+                    failpoint("mid:generate", k)
+    return [[c for c in group] for group in out]  # type: ignore[misc]
+
+
+def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip], passes: int = 2) -> dict[str, Score]:
+    """Scores clips not yet judged by ``judge``; stores every answer, judged or not.
+
+    A clip the judge could not score (timeout, malformed answer, …) is stored as unjudged
+    with the reason and asked again in a later pass (``passes`` in all; a resumed stage asks
+    again too) — it is never given a guessed score.
+    """
+    name = rt.judge_name(judge)
+    done: dict[str, Score] = {}
+    todo = []
+    for c in clips:
+        row = next((s for s in rt.store.scores(c.video_id) if s["judge"] == name), None)
+        if row is not None and row["judged"]:
+            done[c.video_id] = Score(row["sa"], row["pc"], bool(row["accept"]), row["rationale"], row["raw"],
+                                     details=row.get("details") or {})
+        else:
+            todo.append((c, 0 if row is None else int(row["attempts"])))
+    faults = getattr(judge, "faults", None)
+    before = dict(faults.snapshot()) if faults is not None else {}
+    batch = max(1, getattr(getattr(judge, "config", None), "concurrency", 16))
+    for _ in range(passes):
+        if not todo:
+            break
+        retry = []
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            t0 = time.perf_counter()
+            scores = rt.score_batch(judge, [(c.text, c.video) for c, _ in chunk])
+            per = (time.perf_counter() - t0) / max(1, len(chunk))
+            with rt.store.transaction():
+                for (c, attempts), s in zip(chunk, scores):
+                    rt.store.record_score(c.video_id, name, s, attempts=attempts + 1, seconds=per)
+                    if not s.judged:
+                        rt.store.record_event(rt.run, "unjudged", round=k, stage=stage, key=c.video_id,
+                                              message=s.error or "")
+                        retry.append((c, attempts + 1))
+                    done[c.video_id] = s
+            rt.ui.advance(min(start + batch, len(todo)), len(todo))
+            if stage == "judge":
+                failpoint("mid:judge", k)
+        todo = retry
+    if faults is not None:
+        for kind, n in faults.snapshot().items():
+            delta = n - before.get(kind, 0)
+            if delta > 0:
+                prev = sum(e["count"] for e in rt.store.events(rt.run, k)
+                           if e["kind"] == f"vlm_{kind}" and e["stage"] == stage and e["key"] == name)
+                rt.store.record_event(rt.run, f"vlm_{kind}", round=k, stage=stage, key=name, count=prev + delta)
+    return done
+
+
+REFINED_OFFSET = 1_000_000  # held-out prompt idx of the refined variant of prompt idx (same split, own rows)
+
+
+def evaluate_round(rt: Runtime, k: int, *, refine: bool = False, stage: str = "evaluate",
+                   judges: list | None = None) -> dict:
+    """Held-out evaluation of the generator as it is now: generate, judge (every judge), store.
+
+    Held-out prompts are never trained on; their seeds are the same every round, so changes
+    between rounds come from the model, not from the noise. With ``refine`` each prompt is
+    first refined by the critic (probing the current model), as a user would at inference;
+    those prompts are stored as their own held-out rows (``idx + REFINED_OFFSET``).
+    """
+    cfg = rt.config
+    pool = rt.store.dataset_prompts(source=heldout_pool_source(rt))
+    if not pool:
+        raise RuntimeError("no held-out prompts in the store")
+    offset = REFINED_OFFSET if refine else 0
+    with timed(rt, k, stage if not refine else f"{stage}+refine", len(pool) * cfg.evaluate.clips_per_prompt):
+        texts = {}
+        for idx, p in enumerate(pool):
+            known = [r for r in rt.store.round_prompts(rt.run, k, "heldout") if r["idx"] == idx + offset]
+            if known and (not refine or known[0]["refine_steps"] or known[0]["critique"] is not None):
+                texts[idx] = known[0]["text"]
+                continue
+            text, steps, critique = p["text"], 0, None
+            if refine:
+                res = refine_prompt(p["text"], [], rt.critic, max_steps=max(1, cfg.refine.max_steps),
+                                    min_change=cfg.refine.min_change, similarity=rt.similarity,
+                                    probe=make_probe(rt, k, idx + offset))
+                text, steps = res.best, len(res.steps)
+                critique = res.steps[-1].critique if res.steps else ""
+            rt.store.record_round_prompt(rt.run, k, "heldout", idx + offset, text=text, original=p["text"],
+                                         prompt_id=p["id"], category=p["category"], refine_steps=steps,
+                                         critique=critique)
+            texts[idx] = text
+        jobs = [(idx + offset, texts[idx], derive_seed(cfg.seed, "heldout", idx)) for idx in range(len(pool))]
+        groups = generate_clips(rt, k, "heldout", "eval", jobs, cfg.evaluate.clips_per_prompt)
+        clips = [c for g in groups for c in g]
+        results = {}
+        if judges is None:
+            judges = [rt.judge] + ([rt.eval_judge] if rt.eval_judge is not None else [])
+        category_of = {idx + offset: p["category"] for idx, p in enumerate(pool)}
+        for judge in judges:
+            scores = judge_clips(rt, k, stage, judge, clips)
+            summary = summarise(clips, scores, category_of, cfg.judge.threshold)
+            rt.store.record_evaluation(rt.run, k, rt.judge_name(judge), n=summary["n"],
+                                       joint_success=summary["joint_success"], mean_sa=summary["mean_sa"],
+                                       mean_pc=summary["mean_pc"], accept_rate=summary["accept_rate"],
+                                       refine=refine, threshold=cfg.judge.threshold,
+                                       per_category=summary["per_category"])
+            results[rt.judge_name(judge)] = summary
+    return results
+
+
+def summarise(clips: list[Clip], scores: dict[str, Score], category_of: dict[int, str], threshold: float) -> dict:
+    """Joint success (sa ≥ t and pc ≥ t), mean sa / pc, accept rate, overall and per category."""
+    def agg(cs: list[Clip]) -> dict:
+        ss = [scores[c.video_id] for c in cs if scores[c.video_id].judged]
+        if not ss:
+            return {"n": len(cs), "n_judged": 0, "joint_success": None, "mean_sa": None, "mean_pc": None,
+                    "accept_rate": None, "score": None}
+        return {"n": len(cs), "n_judged": len(ss),
+                "joint_success": float(np.mean([s.joint(threshold) for s in ss])),
+                "mean_sa": float(np.mean([s.sa for s in ss])), "mean_pc": float(np.mean([s.pc for s in ss])),
+                "accept_rate": float(np.mean([bool(s.accept) for s in ss])),
+                "score": float(np.mean([s.mean for s in ss]))}
+
+    by_cat: dict[str, list[Clip]] = defaultdict(list)
+    for c in clips:
+        by_cat[category_of.get(c.idx) or "?"].append(c)
+    out = agg(clips)
+    out["per_category"] = {cat: agg(cs) for cat, cs in sorted(by_cat.items())}
+    return out
+
+
+def make_probe(rt: Runtime, k: int, idx: int):
+    """A probe for refinement: one clip of a candidate prompt from the current model, judged."""
+
+    def probe(text: str, step: int):
+        seed = derive_seed(rt.config.seed, "probe", k, idx, step)
+        g = rt.generate([text], [seed], 1)[0][0]
+        s = rt.score_batch(rt.judge, [(text, g.video)])[0]
+        return g.video, s
+
+    return probe
+
+
