@@ -37,7 +37,7 @@ def metrics_table(rows: list[dict]) -> Table:
         t.add_column(col, justify=just, no_wrap=col != "time / stage (s)")
     for r in rows:
         st = r.get("stage_times") or {}
-        times = " ".join(f"{s[:3]} {st[s]:.0f}" for s in STAGE_ORDER if s in st)
+        times = " · ".join(f"{s[:3]} {st[s]:.0f}" for s in STAGE_ORDER if s in st)
         groups = "–" if r.get("groups_used") is None else f"{r['groups_used']}/{r['groups_used'] + (r['groups_skipped'] or 0)}"
         restored = " ⟲" if r.get("restored") else ""
         t.add_row(str(r["round"]), _f(r.get("accept_rate"), pct=True), _f(r.get("mean_sa")), _f(r.get("mean_pc")),
@@ -48,7 +48,7 @@ def metrics_table(rows: list[dict]) -> Table:
 
 
 def category_table(rows: list[dict]) -> Table:
-    t = Table(title="Difficulty per category (planner)", expand=True, title_justify="left")
+    t = Table(title="Difficulty per category (planner)", title_justify="left")
     for col in ("category", "S(k)", "d_k", "r_k", "allocated", "available"):
         t.add_column(col, justify="left" if col == "category" else "right")
     for r in rows:
