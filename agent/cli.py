@@ -63,16 +63,25 @@ def run(
                                            "runs_dir, 'runs')"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate the preset and print the plan; load nothing"),
     plain: bool = typer.Option(False, "--plain", help="plain log lines instead of the live dashboard"),
+    processes: Optional[int] = typer.Option(None, "--processes", help="processes (one per GPU); the run "
+                                            "re-launches itself under torchrun/accelerate with this many"),
 ):
     """Run the self-improvement loop (the built-in physics world unless the preset says otherwise)."""
     from agent import loop
     from agent.config import ConfigError, load_config
+    from agent.distributed import launched, world_from_env
 
     if rounds is not None and rounds < 1:
         fail(f"--rounds must be at least 1, got {rounds}")
+    if processes is not None and processes < 1:
+        fail(f"--processes must be at least 1, got {processes}")
+    if world_from_env() > 1 and not launched():
+        fail("`agent run` launches its own processes (--processes N or the preset's `processes`); "
+             "do not start it under torchrun or accelerate launch")
     if resume is not None:
-        if overrides or dry_run or name:
-            fail("--resume takes the run's stored config; do not combine it with --set, --name or --dry-run")
+        if overrides or dry_run or name or processes is not None:
+            fail("--resume takes the run's stored config; do not combine it with --set, --name, --processes "
+                 "or --dry-run")
         rdir = runs_dir or "runs"
         try:
             cfg = loop.load_run_config(resume, rdir)
@@ -80,12 +89,17 @@ def run(
             fail(str(e))
         if rounds is not None and rounds != cfg.rounds:
             fail(f"run {resume!r} was started with {cfg.rounds} rounds; resume keeps that budget")
+        if cfg.processes > 1 and not launched():
+            _launch(resume, cfg, plain)
+            return
         _execute(resume, cfg, plain, resume=True)
         return
 
     extra = list(overrides)
     if rounds is not None:
         extra.append(f"rounds={rounds}")
+    if processes is not None:
+        extra.append(f"processes={processes}")
     if runs_dir is not None:
         extra.append(f"runs_dir={json.dumps(runs_dir)}")
     try:
@@ -102,7 +116,22 @@ def run(
         run_name = loop.prepare_run(cfg, preset=preset, name=name)
     except loop.RunError as e:
         fail(str(e))
+    if cfg.processes > 1:
+        _launch(run_name, cfg, plain)
+        return
     _execute(run_name, cfg, plain, resume=False)
+
+
+def _launch(name: str, cfg, plain: bool) -> None:
+    """Start the run's processes (each runs `agent run --resume NAME`) and wait for them."""
+    from agent.distributed import launch
+
+    rc = launch(name, cfg, plain=plain)
+    if rc != 0:
+        print(f"error: the {cfg.processes}-process run stopped (launcher exit code {rc}); continue with: "
+              f"agent run --resume {name}" + (f" --runs-dir {cfg.runs_dir}" if cfg.runs_dir != "runs" else ""),
+              file=sys.stderr)
+        raise typer.Exit(rc if rc > 0 else 1)
 
 
 def _check_backends(cfg) -> None:
@@ -125,14 +154,23 @@ def _looks_like_hub_id(s: str) -> bool:
 def _execute(name: str, cfg, plain: bool, *, resume: bool) -> None:
     from agent import loop
     from agent.dashboard import Dashboard
+    from agent.distributed import LaunchError, rank_from_env
     from agent.runtime import open_store
 
+    if rank_from_env() > 0:  # a worker of a multi-process run: no dashboard, rank 0 reports
+        try:
+            loop.execute(name, cfg, resume=resume)
+        except LaunchError as e:
+            fail(str(e))
+        return
     console = Console()
     store = open_store(cfg.runs_dir)
     t0 = time.perf_counter()
     try:
         with Dashboard(store, name, cfg.rounds, console=console, live=False if plain else None) as ui:
             loop.execute(name, cfg, ui=ui, resume=resume)
+    except LaunchError as e:
+        fail(str(e))
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped; continue with: agent run --resume {name}"
                       + (f" --runs-dir {cfg.runs_dir}" if cfg.runs_dir != "runs" else ""))

@@ -115,9 +115,8 @@ class RunConfig(_Model):
     processes: int = Field(1, ge=1, description="processes (one per GPU): `agent run` re-launches itself with "
                            "this many; generation is sharded and train.groups_per_step is split across them")
     launcher: Literal["auto", "torchrun", "accelerate"] = Field(
-        "auto", description="how processes > 1 are started: 'auto' = accelerate on CUDA, torchrun on CPU")
-    accelerate_config: str | None = Field(
-        None, description="accelerate config file (e.g. runs/accelerate/fsdp-8xh100.yaml); GPUs only")
+        "auto", description="how processes > 1 are started: 'auto' = accelerate on CUDA, torchrun on CPU "
+        "(FSDP is train.fsdp, applied by the trainer, not an accelerate config)")
     collective_timeout_s: float = Field(
         6 * 3600.0, gt=0, description="how long a process waits in a collective: workers idle while rank 0 "
         "judges and refines, so this must outlast the longest judge stage")
@@ -137,8 +136,6 @@ class RunConfig(_Model):
         if self.train.groups_per_step % self.processes:
             raise ValueError(f"train.groups_per_step ({self.train.groups_per_step}) is the global batch and must be "
                              f"a multiple of processes ({self.processes})")
-        if self.accelerate_config is not None and self.launcher == "torchrun":
-            raise ValueError("accelerate_config needs launcher = 'accelerate' or 'auto'")
         return self
 
 

@@ -1,8 +1,8 @@
 """Multi-process runs: one launch, rank 0 drives the loop, the other ranks lend it their compute.
 
 ``agent run --processes N`` (or ``processes = N`` in a preset) stores the run as usual, then
-re-launches itself under ``torchrun`` (CPU) or ``accelerate launch`` (GPUs; DDP, or FSDP from
-``accelerate_config``) as ``agent run --resume NAME`` with ``PHYLOOP_LAUNCHED=1`` so the launched
+re-launches itself under ``torchrun`` (CPU) or ``accelerate launch`` (GPUs) as
+``agent run --resume NAME`` with ``PHYLOOP_LAUNCHED=1`` so the launched
 processes do not launch again (:func:`launch_command`, :func:`launch`).
 
 Inside the launch every process builds a :class:`DistributedRuntime`:
@@ -18,14 +18,18 @@ Inside the launch every process builds a :class:`DistributedRuntime`:
                 them;
   ``train``     rank 0 sends the round's groups (CPU tensors: pixels for the built-in world,
                 VAE latents for Wan), every rank trains on its slice of each global batch, DDP
-                averages the gradients (see :mod:`policy.trainer`), so every rank ends the round
-                with the same adapter;
-  ``save``      rank 0 writes the adapter and optimizer state; the others join its barriers;
+                (or FSDP2 with ``train.fsdp``) averages the gradients (see :mod:`policy.trainer`),
+                so every rank ends the round with the same adapter;
+  ``save``      rank 0 writes the adapter and optimizer state; the others join its barriers
+                (and, under FSDP, the gathers of their shards);
   ``load``      every rank loads the same hash-verified adapter files (resume, round redo);
   ``stop``      the graph reached its end.
 
 Object collectives go through a gloo group (CPU memory) even when the training group is NCCL,
-so gathering videos never takes GPU memory. The launch trap — a launcher that silently starts
+so gathering videos never takes GPU memory. They are pickled whole: cheap for the built-in
+world, but for Wan a round's clips (≈100 MB of uint8 frames each at 81×480×832, plus the
+latent) all pass through rank 0's host memory, and the round's groups (latents) are sent to
+every rank; writing each rank's videos from that rank would remove the first cost. The launch trap — a launcher that silently starts
 fewer processes than asked (``accelerate launch --cpu --num_processes 2`` starts one) — is
 caught in :meth:`DistributedRuntime.start`: a launch whose world size differs from the run's
 ``processes`` stops with a one-line :class:`LaunchError` before anything is stored. When any
@@ -36,7 +40,6 @@ the idempotent nodes finish the run without duplicating a row.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import shlex
 import signal
@@ -47,18 +50,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from agent.config import PRESET_DIR, RunConfig
+from agent.config import RunConfig
 from agent.failpoints import failpoint
 from agent.runtime import Runtime
-
-log = logging.getLogger("phyloop")
 
 ENV_LAUNCHED = "PHYLOOP_LAUNCHED"  # set by the launching `agent run`: do not launch again
 ENV_RANK_ADAPTERS = "PHYLOOP_RANK_ADAPTERS"  # a folder: each rank writes its final LoRA there (tests)
 
 
 class LaunchError(RuntimeError):
-    """A multi-process launch that cannot work (wrong world size, FSDP on a CPU, …); one line."""
+    """A multi-process launch that cannot work (wrong world size, accelerate's FSDP plugin); one line."""
 
 
 def launched() -> bool:
@@ -76,16 +77,6 @@ def world_from_env() -> int:
 
 
 # ------------------------------------------------------------------ launching
-def resolve_accelerate_config(path: str) -> Path:
-    """An accelerate config path as written in a preset: absolute, relative to the working
-    directory, or relative to the repository (``runs/accelerate/…`` beside the presets)."""
-    p = Path(path).expanduser()
-    for cand in (p, PRESET_DIR.parent / p):
-        if cand.is_file():
-            return cand.resolve()
-    raise LaunchError(f"accelerate_config {path!r} does not exist")
-
-
 def choose_launcher(cfg: RunConfig, cuda: bool) -> str:
     if cfg.launcher != "auto":
         return cfg.launcher
@@ -99,8 +90,8 @@ def launch_command(name: str, cfg: RunConfig, *, plain: bool = False,
 
     CPU: ``torchrun --standalone --nproc_per_node N`` with ``ACCELERATE_USE_CPU=1`` (without it
     accelerate treats each process as a lone one) and ``OMP_NUM_THREADS`` = cores / N.
-    GPUs: ``accelerate launch --num_processes N`` with ``--multi_gpu`` (DDP) or the run's
-    ``accelerate_config`` (FSDP).
+    GPUs: ``accelerate launch --multi_gpu --num_processes N``. Either way the trainer wraps the
+    model itself: DDP, or FSDP2 with ``train.fsdp``.
     """
     if cuda is None:
         import torch
@@ -108,9 +99,6 @@ def launch_command(name: str, cfg: RunConfig, *, plain: bool = False,
         cuda = torch.cuda.is_available()
     n = cfg.processes
     launcher = choose_launcher(cfg, cuda)
-    if cfg.accelerate_config and not cuda:
-        raise LaunchError(f"accelerate_config {cfg.accelerate_config!r} (FSDP) needs GPUs; this machine has none "
-                          "(unset it to train with DDP on the CPU)")
     tail = ["-m", "agent.cli", "run", "--resume", name, "--runs-dir", cfg.runs_dir] + (["--plain"] if plain else [])
     env = {ENV_LAUNCHED: "1"}
     if not cuda:
@@ -120,12 +108,10 @@ def launch_command(name: str, cfg: RunConfig, *, plain: bool = False,
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                 "--nproc_per_node", str(n), *tail]
     else:
-        argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1"]
-        if cfg.accelerate_config:
-            argv += ["--config_file", str(resolve_accelerate_config(cfg.accelerate_config))]
-        else:
-            argv += ["--multi_gpu", "--mixed_precision", "no"]  # the trainer autocasts itself
-        argv += tail
+        # --multi_gpu is also the form that really starts N gloo processes on a CPU (with
+        # ACCELERATE_USE_CPU=1); `--cpu --num_processes N` silently starts one.
+        argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *tail]
     return argv, env
 
 
@@ -204,16 +190,16 @@ class DistributedRuntime(Runtime):
             raise LaunchError(f"run {self.run!r} needs {want} processes but accelerate sees {acc.num_processes} "
                               f"({acc.distributed_type.value}; on a CPU set ACCELERATE_USE_CPU=1); {hint}")
         if acc.distributed_type == DistributedType.FSDP:
-            raise LaunchError("FSDP is configured (accelerate_config) but phyloop's sharded generation runs the "
-                              "unwrapped transformer on each rank, which FSDP's sharded weights do not allow yet; "
-                              "unset accelerate_config to train with DDP")
+            raise LaunchError("accelerate's FSDP plugin is on (an accelerate config file?); phyloop shards the "
+                              "transformer itself: set train.fsdp = true and launch with `agent run`")
         self.accelerator = acc
         if want > 1 and dist.get_backend() != "gloo":
             self._objects = dist.new_group(backend="gloo", timeout=timeout)
         _ = self.trainer
         if self.rank == 0:
             g = self.config.train.groups_per_step
-            self.ui.note(f"{want} processes ({acc.distributed_type.value}): generation sharded by batch; "
+            self.ui.note(f"{want} processes ({acc.distributed_type.value}, "
+                         f"{'FSDP2' if self.trainer.sharded else 'DDP'}): generation sharded by batch; "
                          f"global batch {g} groups/step = {g // want} per process")
         return self
 
@@ -281,13 +267,20 @@ class DistributedRuntime(Runtime):
         import torch.distributed as dist
 
         clips = [(i, j) for i in range(len(prompts)) for j in range(group_size)]
-        mine = shard_clips(len(clips), generation_batch(self.generator), self.world, self.rank)
+        batch = generation_batch(self.generator)
+        mine = shard_clips(len(clips), batch, self.world, self.rank)
         made = []
         if mine:
             local = None if progress is None else (lambda done, _total: progress(done, len(clips)))
             out = self.generator.generate([prompts[clips[c][0]] for c in mine],
                                           [seeds[clips[c][0]] + clips[c][1] for c in mine], 1, progress=local)
             made = [(c, g[0]) for c, g in zip(mine, out)]
+        if self.trainer.sharded:
+            # FSDP all-gathers each block inside every forward, so every rank must run as many
+            # batches as the busiest one: the short ranks generate a throw-away one-clip batch.
+            most = -(-len(clips) // (batch * self.world))
+            for _ in range(most - -(-len(mine) // batch)):
+                self.generator.generate(prompts[:1], seeds[:1], 1)
         parts = [None] * self.world if self.rank == 0 else None
         dist.gather_object(made, parts, dst=0, group=self._objects)
         if self.rank != 0:
@@ -350,8 +343,6 @@ class DistributedRuntime(Runtime):
             return
         from safetensors.torch import save_file
 
-        from policy.lora import lora_state_dict
-
+        state = {k: v.cpu().contiguous() for k, v in self.trainer.lora_state().items()}  # collective under FSDP
         Path(folder).mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in lora_state_dict(self.trainer.transformer).items()}
         save_file(state, str(Path(folder) / f"rank{self.rank}.safetensors"))

@@ -65,13 +65,31 @@ def load_run_config(name: str, runs_dir: str | Path) -> RunConfig:
 
 
 def execute(name: str, cfg: RunConfig, *, ui=None, resume: bool = False) -> dict:
-    """Run (or resume) the graph to the end of the round budget; returns the final state."""
+    """Run (or resume) the graph to the end of the round budget; returns the final state.
+
+    In a multi-process launch (``processes > 1``, see :mod:`agent.distributed`) rank 0 runs the
+    graph with a :class:`~agent.distributed.DistributedRuntime` and the other ranks serve its
+    compute until it stops them (they return ``{}``).
+    """
+    from .distributed import DistributedRuntime, launched, rank_from_env
+
+    distributed = cfg.processes > 1 or launched()
+    if distributed and rank_from_env() > 0:
+        DistributedRuntime(run=name, config=cfg, store=None).start().serve()
+        return {}
     runs_dir = Path(cfg.runs_dir)
     layout = RunLayout(runs_dir, name)
+    store = open_store(runs_dir)
+    kind = DistributedRuntime if distributed else Runtime
+    rt = kind(run=name, config=cfg, store=store, **({"ui": ui} if ui is not None else {}))
+    if distributed:
+        try:
+            rt.start()  # the launch-size guard, then the collectives every rank joins
+        except BaseException:
+            store.close()
+            raise
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(layout.run_dir)
-    store = open_store(runs_dir)
-    rt = Runtime(run=name, config=cfg, store=store, **({"ui": ui} if ui is not None else {}))
     conn = sqlite3.connect(layout.run_dir / "graph.sqlite", check_same_thread=False)
     try:
         saver = SqliteSaver(conn)
@@ -93,6 +111,8 @@ def execute(name: str, cfg: RunConfig, *, ui=None, resume: bool = False) -> dict
             store.set_run_status(name, status)
             raise
         store.set_run_status(name, "done")
+        if distributed:
+            rt.stop()
         return final
     finally:
         conn.close()

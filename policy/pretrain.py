@@ -46,12 +46,15 @@ class PretrainConfig:
     logit_std: float = 1.0
     seed: int = 0
     log_every: int = 50
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (fp32 master weights), ~3× faster on AMX CPUs
 
     def __post_init__(self):
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps and batch must be ≥ 1, got steps={self.steps}, batch={self.batch}")
         if not 0.0 <= self.prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.timesteps not in ("uniform", "logit-normal"):
             raise ValueError(f"timesteps must be 'uniform' or 'logit-normal', got {self.timesteps!r}")
 
@@ -71,12 +74,13 @@ def sample_t(n: int, cfg: PretrainConfig, generator: torch.Generator) -> torch.T
 
 
 def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor,
-                       noise: torch.Tensor) -> torch.Tensor:
-    """Mean squared velocity error of a batch at times ``t`` with the given noise."""
+                       noise: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """Mean squared velocity error of a batch at times ``t`` with the given noise (always in fp32)."""
     tt = t.view(-1, 1, 1, 1, 1)
     x_t = (1.0 - tt) * x0 + tt * noise
-    v = transformer(hidden_states=x_t, timestep=t * 1000.0, encoder_hidden_states=text, return_dict=False)[0]
-    return torch.mean((v - (noise - x0)) ** 2)
+    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        v = transformer(hidden_states=x_t, timestep=t * 1000.0, encoder_hidden_states=text, return_dict=False)[0]
+    return torch.mean((v.float() - (noise - x0)) ** 2)
 
 
 def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence[Sequence[str]],
@@ -125,7 +129,7 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
         t = sample_t(config.batch, config, gen)
         noise = torch.randn(x0.shape, generator=gen)
 
-        loss = flow_matching_loss(transformer, x0, text, t, noise)
+        loss = flow_matching_loss(transformer, x0, text, t, noise, config.precision)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:

@@ -18,10 +18,29 @@ update) and is recorded as skipped. The divergence guard stops a round whose los
 threshold (or keeps rising) and restores the adapter and optimizer state of the round's start.
 
 Distributed: everything runs under ``accelerate.Accelerator`` (one process by default). The
-model and optimizer go through ``accelerator.prepare``; the reference pass calls the UNWRAPPED
-model, since through DDP every forward would be a collective. Each process draws its own groups;
-logged metrics are averaged over processes so that every process takes the same skip/stop
-decisions.
+model and optimizer go through ``accelerator.prepare`` (DDP across processes); the reference pass
+calls the UNWRAPPED model, since through DDP every forward would be a collective.
+``groups_per_step`` is the GLOBAL batch: every process draws the same selection (groups, losers,
+timesteps, noise) from a generator seeded without the process index, then keeps its own
+contiguous slice of ``groups_per_step / N`` groups (:func:`global_batch`, :func:`rank_slice`).
+DDP averages the per-process gradients, and with equal slices the mean of the per-process mean
+losses is the global mean, so N processes take the same steps as one process with the same
+global batch (to float rounding). The exception is ``rwr`` with ``softmax`` weighting, which
+normalises over the batch each process sees. Logged metrics are averaged over processes so that
+every process takes the same skip/stop decisions, and ``on_step`` gets the same record on every
+process (a caller that writes shared state does it on the main process only).
+
+FSDP (``fsdp = true``, more than one process): instead of DDP's full copy per process, the
+trainer shards the transformer itself with FSDP2 (``torch.distributed.fsdp.fully_shard``: one
+unit per transformer block, then the root), so base weights, LoRA weights, gradients and AdamW
+state are split across processes, and per-parameter sharding lets the fp32 LoRA live beside a
+bf16 base (FSDP1's flat parameters need one dtype per unit). The module stays the generator's
+own: every forward, generation included, all-gathers the block it runs, so every process must
+make the same number of forward calls (the distributed runtime keeps generation in lockstep).
+Gradients are reduce-scattered as means, as DDP averages them. Saving gathers the LoRA and the
+optimizer state to full tensors (a collective: every process calls :meth:`save`); loading
+scatters them back. Sharding is done here rather than by ``accelerate launch``'s FSDP plugin
+because accelerate refuses FSDP on CPUs, and this way the same code path runs in the CPU tests.
 """
 
 from __future__ import annotations
@@ -39,10 +58,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from policy import objectives as obj
 from policy.base import GroupSample
-from policy.lora import (ReferenceMode, attach_lora, load_adapter, lora_parameters, make_reference,
+from policy.lora import (ADAPTER_NAME, WEIGHT_NAME, ReferenceMode, attach_lora, load_adapter, lora_config,
+                         lora_named_parameters, lora_parameters, lora_state_dict, make_reference, read_adapter,
                          save_adapter)
 
 log = logging.getLogger(__name__)
@@ -97,6 +118,7 @@ class TrainConfig(BaseModel):
     timestep_shift: float = Field(1.0, gt=0.0)  # t ← s·t / (1 + (s − 1)·t), as Wan's sampler shift
 
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard with FSDP2 across processes (see the module doc); one process: ignored
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast applies on CUDA only
     seed: int = 0
 
@@ -116,6 +138,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"AdamW betas must be in [0, 1), got {self.betas}")
+        if self.fsdp and self.reference == "full-copy":
+            raise ValueError("reference = 'full-copy' cannot be sharded with fsdp; use 'lora-switch'")
         return self
 
 
@@ -236,8 +260,34 @@ class _DivergenceGuard:
         return None
 
 
+def global_batch(groups_per_step: int, n_groups: int, processes: int = 1) -> int:
+    """Groups drawn per optimizer step, summed over all processes.
+
+    ``groups_per_step`` when the round has that many groups; otherwise every group once
+    (``n_groups``), rounded down to a multiple of ``processes`` so every process gets an equal
+    slice (at least one group each, repeating groups when a round has fewer than ``processes``).
+    """
+    if groups_per_step % processes:
+        raise ValueError(f"train.groups_per_step ({groups_per_step}) is the global batch and must be a "
+                         f"multiple of the number of processes ({processes})")
+    b = min(groups_per_step, n_groups)
+    return max(processes, b - b % processes)
+
+
+def rank_slice(batch: int, processes: int, rank: int) -> slice:
+    """The contiguous part of a global batch that process ``rank`` trains on."""
+    per = batch // processes
+    return slice(rank * per, (rank + 1) * per)
+
+
 def _cpu_clone(obj):
-    """Deep copy with every tensor cloned to CPU (snapshots must not hold device memory)."""
+    """Deep copy with every tensor cloned to CPU (snapshots must not hold device memory).
+
+    FSDP shards (DTensors) are cloned where they are: a shard is 1/N of the LoRA state, and a
+    DTensor moved off its mesh's device could not be copied back.
+    """
+    if isinstance(obj, DTensor):
+        return obj.detach().clone()
     if torch.is_tensor(obj):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
@@ -253,7 +303,7 @@ class Trainer:
     ``transformer`` is the generator's own denoiser (trained in place: the next round generates
     with it); a LoRA is attached if it has none. ``on_step`` receives each step's log dict:
     round, step, global_step, loss, margin, accuracy, grad_norm, lr, alpha_mean, gamma_mean,
-    skipped, reason, t_mean, seconds.
+    skipped, reason, t_mean, seconds — on every process, reduced over processes.
     """
 
     def __init__(self, transformer: torch.nn.Module, config: TrainConfig | None = None, *,
@@ -272,10 +322,17 @@ class Trainer:
             transformer.enable_gradient_checkpointing()
         elif getattr(transformer, "gradient_checkpointing", False):
             transformer.disable_gradient_checkpointing()
+        global_batch(cfg.groups_per_step, cfg.groups_per_step, self.accelerator.num_processes)  # divisibility
+        self.sharded = cfg.fsdp and self.accelerator.num_processes > 1
+        if self.sharded:
+            _shard(transformer)
         params = lora_parameters(transformer)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                       weight_decay=cfg.weight_decay)
-        self.model, self.optimizer = self.accelerator.prepare(transformer, optimizer)
+        if self.sharded:  # the module is already distributed; accelerate wraps only the optimizer
+            self.model, self.optimizer = transformer, self.accelerator.prepare(optimizer)
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(transformer, optimizer)
         self.transformer = self.accelerator.unwrap_model(self.model)
         self.params = lora_parameters(self.transformer)
         self.reference = make_reference(self.transformer, cfg.reference)
@@ -288,29 +345,38 @@ class Trainer:
 
     # ------------------------------------------------------------------ sampling
     def _generator(self) -> torch.Generator:
-        seq = np.random.SeedSequence([self.config.seed, self.round, self.accelerator.process_index])
+        """The round's sampling generator: the same on every process (no process index in the
+        seed), so all processes draw the same global batch and each keeps its slice."""
+        seq = np.random.SeedSequence([self.config.seed, self.round])
         return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
 
     def _sample(self, groups: Sequence[GroupSample], stream: _GroupStream,
                 gen: torch.Generator) -> _Batch:
-        chosen = [groups[i] for i in stream.take(min(self.config.groups_per_step, len(groups)))]
+        acc = self.accelerator
+        G = global_batch(self.config.groups_per_step, len(groups), acc.num_processes)
+        chosen = [groups[i] for i in stream.take(G)]
+        pairwise = self.config.objective != "gdpo-full"
+        # The global draw, in the order one process makes it; then this process's slice.
+        js = [int(torch.randint(g.losers.shape[0], (1,), generator=gen)) for g in chosen] if pairwise else None
+        t = sample_timesteps(G, self.config, gen)
+        noise = torch.randn((G, *chosen[0].winner.shape), generator=gen)
+        part = rank_slice(G, acc.num_processes, acc.process_index)
+        chosen, t, noise = chosen[part], t[part], noise[part]
         B = len(chosen)
         ms = [g.losers.shape[0] for g in chosen]
-        if self.config.objective == "gdpo-full":
+        if not pairwise:
             losers = torch.cat([g.losers for g in chosen])
             sa = torch.cat([g.loser_sa.float() for g in chosen])
             pc = torch.cat([g.loser_pc.float() for g in chosen])
             owner = torch.repeat_interleave(torch.arange(B), torch.tensor(ms))
             slot = torch.cat([torch.arange(m) for m in ms])
         else:
-            js = [int(torch.randint(m, (1,), generator=gen)) for m in ms]
+            js = js[part]
             losers = torch.stack([g.losers[j] for g, j in zip(chosen, js)])
             sa = torch.stack([g.loser_sa[j].float() for g, j in zip(chosen, js)])
             pc = torch.stack([g.loser_pc[j].float() for g, j in zip(chosen, js)])
             owner = slot = torch.arange(B)
         winners = torch.stack([g.winner for g in chosen])
-        t = sample_timesteps(B, self.config, gen)
-        noise = torch.randn(winners.shape, generator=gen)
         dev = self.device
         return _Batch(
             text=torch.stack([g.text for g in chosen]).to(dev, non_blocking=True),
@@ -378,7 +444,10 @@ class Trainer:
         loss, diag = self._loss(batch)
         self.accelerator.backward(loss)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
-        grad_norm = torch.as_tensor(self.accelerator.clip_grad_norm_(self.params, max_norm))
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
+        if isinstance(grad_norm, DTensor):  # FSDP: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = torch.as_tensor(grad_norm)
         keys = [k for k, v in diag.items() if v is not None]
         values = torch.stack([loss.detach().float(), grad_norm.float().to(loss.device),
                               batch.t.mean().float()] + [diag[k].float() for k in keys])
@@ -440,7 +509,7 @@ class Trainer:
                     summary.skip_reasons[rec["reason"]] = summary.skip_reasons.get(rec["reason"], 0) + 1
                 else:
                     summary.updates += 1
-                if self.on_step is not None and self.accelerator.is_main_process:
+                if self.on_step is not None:
                     self.on_step(rec)
                 stop = guard.update(rec["loss"], chance)
                 if stop is not None:
@@ -469,25 +538,139 @@ class Trainer:
         self.optimizer.load_state_dict(opt_state)
 
     # ------------------------------------------------------------------ persistence
+    def lora_state(self) -> dict[str, Tensor]:
+        """The LoRA weights as full tensors (keys ``blocks.0.attn1.to_q.lora_A.weight``).
+
+        Under FSDP this gathers every shard: a collective that all processes must call.
+        """
+        if self.sharded:
+            _reshard(self.transformer)
+        return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach()
+                for k, v in lora_state_dict(self.transformer).items()}
+
     def save(self, directory: str | Path) -> Path:
-        """Adapter (diffusers LoRA format) + optimizer state and counters, for resuming."""
+        """Adapter (diffusers LoRA format) + optimizer state and counters, for resuming.
+
+        Every process calls it (a collective under FSDP); the main process writes.
+        """
         directory = Path(directory)
         self.accelerator.wait_for_everyone()
+        if self.sharded:
+            lora = self.lora_state()
+        opt = _gather_optimizer_state(self.optimizer)
         if self.accelerator.is_main_process:
-            save_adapter(self.transformer, directory)
-            torch.save({"optimizer": self.optimizer.state_dict(), "round": self.round,
-                        "global_step": self.global_step}, directory / STATE_NAME)
+            if self.sharded:
+                _write_lora(directory, lora, lora_config(self.transformer).to_dict())
+            else:
+                save_adapter(self.transformer, directory)
+            torch.save({"optimizer": opt, "round": self.round, "global_step": self.global_step},
+                       directory / STATE_NAME)
             (directory / CONFIG_NAME).write_text(json.dumps(self.config.model_dump(), indent=2))
         self.accelerator.wait_for_everyone()
         return directory
 
     def load(self, directory: str | Path) -> None:
-        """Resume from :meth:`save`: adapter weights, optimizer state, round and step counters."""
+        """Resume from :meth:`save`: adapter weights, optimizer state, round and step counters.
+
+        Every process reads the same files (under FSDP each keeps its shard of them).
+        """
         directory = Path(directory)
-        load_adapter(self.transformer, directory)
         state_path = directory / STATE_NAME
         if not state_path.exists():
             raise FileNotFoundError(f"no trainer state at {state_path} (was it saved by Trainer.save?)")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            _reshard(self.transformer)
+            _load_sharded_lora(self.transformer, directory)
+        else:
+            load_adapter(self.transformer, directory)
+        _scatter_optimizer_state(self.optimizer, state["optimizer"])
         self.round, self.global_step = int(state["round"]), int(state["global_step"])
+
+
+# ------------------------------------------------------------------ FSDP helpers
+def _shard(transformer: torch.nn.Module) -> None:
+    """FSDP2 on a Wan transformer: one unit per block, then the root (embeddings, head).
+
+    ``fully_shard`` keeps each process's slice of the weights it is given, so every process must
+    hold the same weights first: the base comes from the same checkpoint everywhere, and the
+    freshly initialised LoRA is broadcast from process 0 to make sure.
+    """
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.no_grad():
+        for p in lora_parameters(transformer):
+            dist.broadcast(p.data, src=0)
+    for block in transformer.blocks:
+        fully_shard(block)
+    # FSDP2 leaves the root unsharded after its forward by default (it expects a backward next);
+    # generation never runs one, so ask for the reshard explicitly.
+    fully_shard(transformer, reshard_after_forward=True)
+
+
+def _reshard(model: torch.nn.Module) -> None:
+    """Put every FSDP unit back into its sharded state (state-dict work expects shards)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+def _gather_optimizer_state(optimizer) -> dict:
+    """``optimizer.state_dict()`` with every FSDP shard gathered into a full CPU tensor.
+
+    The format is torch's own (state keyed by parameter position), so a state saved with FSDP
+    loads without it and the other way round. (torch.distributed.checkpoint's optimizer helpers
+    are not used: on an optimizer that has not stepped yet they take a zero-lr step to create
+    its state, which advances Adam's step count and changes the first real update.)
+    """
+    sd = optimizer.state_dict()
+    sd["state"] = {i: {k: (v.full_tensor() if isinstance(v, DTensor) else v) for k, v in st.items()}
+                   for i, st in sorted(sd["state"].items())}
+    return _cpu_clone(sd)
+
+
+def _scatter_optimizer_state(optimizer, sd: dict) -> None:
+    """Load a state from :func:`_gather_optimizer_state`, cutting each tensor to its parameter's
+    FSDP shard when the parameter is sharded."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for i, st in sorted(sd["state"].items()):
+        p = params[int(i)]
+        if isinstance(p, DTensor):
+            st = {k: (distribute_tensor(v.to(p.to_local().device), p.device_mesh, p.placements)
+                      if torch.is_tensor(v) and v.shape == p.shape and v.dim() > 0 else v) for k, v in st.items()}
+        state[i] = st
+    optimizer.load_state_dict({**sd, "state": state})
+
+
+def _write_lora(directory: Path, state: dict[str, Tensor], config: dict) -> None:
+    """Write gathered LoRA weights in the same diffusers format as :func:`policy.lora.save_adapter`."""
+    from diffusers.loaders import WanLoraLoaderMixin
+
+    directory.mkdir(parents=True, exist_ok=True)
+    WanLoraLoaderMixin.save_lora_weights(
+        directory, transformer_lora_layers={k: v.cpu().contiguous() for k, v in state.items()},
+        transformer_lora_adapter_metadata=config, weight_name=WEIGHT_NAME, safe_serialization=True)
+
+
+def _load_sharded_lora(model: torch.nn.Module, directory: Path) -> None:
+    """Load a saved adapter into a sharded model: each process keeps its shard of every tensor."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state, config = read_adapter(directory)
+    own = lora_config(model)
+    if config is None or int(config["r"]) != own.r or float(config["lora_alpha"]) != float(own.lora_alpha):
+        raise ValueError(f"adapter at {directory} does not match the model's LoRA (rank {own.r}, "
+                         f"alpha {own.lora_alpha})")
+    names = {n.replace(f".{ADAPTER_NAME}.", "."): n for n, _ in lora_named_parameters(model)}
+    if set(names) != set(state):
+        extra, missing = sorted(set(state) - set(names)), sorted(set(names) - set(state))
+        raise ValueError(f"adapter at {directory} does not match the model's LoRA "
+                         f"(unexpected: {extra[:3]}, missing: {missing[:3]})")
+    set_model_state_dict(model, {names[k]: v for k, v in state.items()},
+                         options=StateDictOptions(full_state_dict=True, strict=False))
