@@ -140,15 +140,12 @@ def _check_backends(cfg) -> None:
         if not Path(cfg.generate.toy.checkpoint).is_file():
             fail(f"generate.toy.checkpoint {cfg.generate.toy.checkpoint!r} does not exist")
     if cfg.generate.backend == "wan":
-        model = cfg.generate.wan.model
-        looks_local = model.startswith((".", "/", "~")) or os.sep in model and not _looks_like_hub_id(model)
-        if looks_local and not Path(model).expanduser().is_dir():
-            fail(f"model directory {model!r} does not exist")
+        from policy.wan import ModelNotFound, resolve_model
 
-
-def _looks_like_hub_id(s: str) -> bool:
-    parts = s.split("/")
-    return len(parts) == 2 and all(parts) and not Path(s).exists()
+        try:
+            resolve_model(cfg.generate.wan.model)
+        except ModelNotFound as e:
+            fail(str(e))
 
 
 def _execute(name: str, cfg, plain: bool, *, resume: bool) -> None:
@@ -420,8 +417,7 @@ def world_judge(video: Path = typer.Argument(..., help="video file (.npy, .mp4, 
     """Judge a video file against a prompt with the analytic physics judge."""
     from reward.world.tools import judge_video, load_video
 
-    if not prompt.strip():
-        fail("the prompt is empty")
+    _check_prompt(prompt)
     try:
         v = load_video(video)
     except FileNotFoundError:
@@ -443,8 +439,7 @@ def world_sample(prompt: str = typer.Argument(..., help="prompt"),
     from policy.toy import ToyGenerator
     from reward.world.tools import judge_video, save_video
 
-    if not prompt.strip():
-        fail("the prompt is empty")
+    _check_prompt(prompt)
     _check_video_suffix(out)
     if adapter is not None and not adapter.is_dir():
         fail(f"no adapter folder at {adapter}")
@@ -457,6 +452,16 @@ def world_sample(prompt: str = typer.Argument(..., help="prompt"),
     if judge:
         s = judge_video(prompt, clip.video)
         print(f"sa {s.sa:.2f}  pc {s.pc:.2f}  verdict {'Accept' if s.accept else 'Reject'} — {s.rationale}")
+
+
+MAX_PROMPT_CHARS = 2000  # the same bound `agent data import` applies
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        fail("the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        fail(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
 
 
 def _check_video_suffix(out: Path) -> None:

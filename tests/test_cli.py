@@ -103,3 +103,22 @@ def test_world_tools(tmp_path, capsys):
     assert "cannot read video" in one_line_error(capsys)
     assert main(["world", "judge", str(out), "  "]) == 2
     one_line_error(capsys)
+
+
+def test_missing_model_directory(db, capsys):
+    runs_dir, before, digest = db
+    args = ["run", "--runs-dir", str(runs_dir), "--preset", "wan2.1-1.3b",
+            "--set", "generate.wan.model='/no/such/wan-model'"]
+    assert main(args) == 2
+    assert "not found" in one_line_error(capsys)
+    assert digest() == before
+
+
+def test_very_long_prompt_is_refused(tmp_path, capsys):
+    video = tmp_path / "v.npy"
+    assert main(["world", "render", "drop", "0", "--out", str(video)]) == 0
+    capsys.readouterr()
+    assert main(["world", "judge", str(video), "a red ball is dropped " * 500]) == 2
+    assert "characters" in one_line_error(capsys)
+    assert main(["world", "sample", "x" * 10_000, "--out", str(tmp_path / "s.npy")]) == 2
+    assert "characters" in one_line_error(capsys)
