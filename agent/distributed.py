@@ -318,19 +318,10 @@ class DistributedRuntime(Runtime):
     def _save_share(self) -> None:
         self.trainer.save(self.layout.run_dir)  # joins rank 0's barriers; only the main process writes
 
-    def load_round_adapter(self, round: int) -> None:
-        """Every rank loads round ``round``'s adapter, after rank 0 checked it against its hash."""
-        from store import verify
-
-        row = self.store.adapter(self.run, round)
-        if row is None:
-            raise RuntimeError(f"run {self.run!r} has no adapter for round {round}")
-        path = self.layout.path(row["path"])
-        if not verify(path, row["sha256"]):
-            raise RuntimeError(f"adapter of round {round} at {path} does not match its stored hash")
+    def _load_trainer(self, path: Path) -> None:
+        """Every rank loads the same (already verified) adapter files."""
         self._send("load", str(path.resolve()))
         self.trainer.load(path)
-        self.active_adapter = round
 
     def _load_share(self, path: str) -> None:
         self.trainer.load(Path(path))

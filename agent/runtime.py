@@ -199,8 +199,8 @@ class Runtime:
         self.save_trainer(path)
         self.store.record_adapter(self.run, 0, path=rel, sha256=sha256_dir(path), bytes=path_bytes(path))
 
-    def load_round_adapter(self, round: int) -> None:
-        """Load round ``round``'s adapter and optimizer state, verified against its stored hash.
+    def verified_adapter(self, round: int) -> Path:
+        """The folder of round ``round``'s adapter, checked against its stored hash.
 
         A half-written or tampered adapter stops the run instead of silently training from
         the wrong weights.
@@ -211,8 +211,15 @@ class Runtime:
         path = self.layout.path(row["path"])
         if not verify(path, row["sha256"]):
             raise RuntimeError(f"adapter of round {round} at {path} does not match its stored hash")
-        self.trainer.load(path)
+        return path
+
+    def load_round_adapter(self, round: int) -> None:
+        """Load round ``round``'s adapter and optimizer state (verified) into the generator."""
+        self._load_trainer(self.verified_adapter(round))
         self.active_adapter = round
+
+    def _load_trainer(self, path: Path) -> None:
+        self.trainer.load(path)
 
     def reset_adapter(self, round: int) -> None:
         """Put the generator back to the adapter saved after ``round`` (before redoing a round)."""

@@ -69,6 +69,27 @@ class Generator(Protocol):
     def load_adapter(self, path: Path) -> None: ...
 
 
+class AdapterIO:
+    """``save_adapter`` / ``load_adapter`` for a generator whose denoiser is ``self.transformer``.
+
+    The LoRA code (peft) is imported on first use, so importing a backend stays light.
+    """
+
+    transformer: torch.nn.Module
+
+    def save_adapter(self, path: Path) -> None:
+        """Save the transformer's LoRA in diffusers' format (``WanPipeline.load_lora_weights`` reads it)."""
+        from policy.lora import save_adapter
+
+        save_adapter(self.transformer, path)
+
+    def load_adapter(self, path: Path) -> None:
+        """Load a LoRA saved by :meth:`save_adapter` (attaching one if the transformer has none)."""
+        from policy.lora import load_adapter
+
+        load_adapter(self.transformer, path)
+
+
 @dataclass
 class GroupSample:
     """One training group: a winner and m losers under the same prompt conditioning.

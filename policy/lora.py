@@ -239,3 +239,4 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
     unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if unexpected:
         raise ValueError(f"adapter keys not loaded: {unexpected[:3]}")
+

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -78,7 +79,10 @@ def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, text: tor
     """Mean squared velocity error of a batch at times ``t`` with the given noise (always in fp32)."""
     tt = t.view(-1, 1, 1, 1, 1)
     x_t = (1.0 - tt) * x0 + tt * noise
-    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"), \
+            warnings.catch_warnings():
+        # Wan's fp32 RMSNorm weights on bf16 activations: torch falls back to the unfused kernel
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
         v = transformer(hidden_states=x_t, timestep=t * 1000.0, encoder_hidden_states=text, return_dict=False)[0]
     return torch.mean((v.float() - (noise - x0)) ** 2)
 

