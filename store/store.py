@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
+import time
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,6 +86,27 @@ def _fields(score: Any) -> dict:
     return dict(vars(score))
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+
+
+def _retry_locked(fn, timeout: float) -> None:
+    """Run ``fn``, retrying while SQLite says "locked": switching the journal mode needs the
+    database to itself and SQLite reports that at once instead of using the busy timeout
+    (two processes opening a fresh file together hit it)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class Store(Queries):
     """phyloop's database. Open with ``Store.open(path)``; use as a context manager to close."""
 
@@ -113,7 +135,7 @@ class Store(Queries):
             conn.execute("PRAGMA foreign_keys = ON")
             db = sqlite_utils.Database(conn)
             if not memory:
-                db.enable_wal()
+                _retry_locked(lambda: _enable_wal(conn), timeout)
                 conn.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes in WAL
             migrate(conn)
         except BaseException:
