@@ -13,7 +13,9 @@ Over ≥ 200 seeded scenes (≥ 50 per family) this measures:
   often on semantic adherence (``sa < 0.75``);
 * **degraded videos** (information for the tiny generator, no goal) — clean videos blurred
   (Gaussian σ = 1 px), temporally ghosted (each frame mixed 20 % with each neighbour) and
-  lightly noised (σ = 10 grey levels): acceptance;
+  lightly noised (σ = 10 grey levels), and drawn with a wobbling centre (each object's position
+  in each frame moved by Gaussian noise of σ = 0.3 and 0.5 px, the way a generator's outlines
+  wobble; ``physics.POSITION_NOISE``): acceptance;
 * **speed** — wall time of one ``PhysicsJudge.score`` call.
 
 Run from the repository root: ``python -m bench.judge_calibration`` (``--help`` for
@@ -43,7 +45,8 @@ if str(ROOT) not in sys.path:  # so `python bench/judge_calibration.py` finds th
 from reward.world import corrupt as C  # noqa: E402
 from reward.world import physics as P  # noqa: E402
 from reward.world.judge import PhysicsJudge  # noqa: E402
-from reward.world.simulator import LEVELS, Scene, iter_scenes, prompts_for, render, sample_scene  # noqa: E402
+from reward.world.simulator import (LEVELS, Scene, iter_scenes, prompts_for, render, render_tracks,  # noqa: E402
+                                    sample_scene, simulate)
 
 GOAL = 0.95
 
@@ -146,8 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
                 if s.accept and len(misses) < args.examples:
                     misses.append({"case": name, "scene": scene.id, "level": level, "sa": s.sa, "pc": s.pc,
                                    "rationale": s.rationale})
-        for kind in ("blur", "ghost", "noise"):
-            vid = degrade(video, kind, rng)
+        tracks = simulate(scene)
+        for kind in ("blur", "ghost", "noise", "jitter0.3", "jitter0.5"):
+            if kind.startswith("jitter"):
+                sigma = float(kind.removeprefix("jitter"))
+                vid = render_tracks(scene.bodies, tracks + rng.normal(0.0, sigma, tracks.shape))
+            else:
+                vid = degrade(video, kind, rng)
             for level in LEVELS:
                 s = score(scene.prompts[level], vid)
                 degraded[kind].add([f"family:{fam}"], bool(s.accept))

@@ -25,7 +25,7 @@ G, REST = P.GRAVITY, P.REST_Y
 BROKEN_LAW = {
     "teleport": {"teleport"}, "vanish": {"vanish"}, "duplicate": {"duplicate"},
     "reverse_gravity": {"gravity", "lift_off"}, "no_gravity": {"gravity", "friction_rate"},
-    "energy_gain": {"bounce_energy", "kick", "friction_speedup", "striker_rebound", "collision_energy"},
+    "energy_gain": {"bounce_energy", "kick", "friction_speedup", "friction_rate", "striker_rebound", "collision_energy"},
     "frozen": {"frozen"}, "wrong_colour": {"present"}, "heavy_noise": {"noise"},
 }
 
@@ -196,9 +196,11 @@ def test_hand_made_slide_friction():
     ok = JUDGE.score("a blue block slides across the floor and stops", S.render_tracks(block, slide(-0.38)))
     assert ok.accept, ok.rationale
     faster = slide(-0.38)
-    faster[6:, 0, 0] += np.cumsum(np.full(P.FRAMES - 6, 1.0))  # pushed forward from frame 6
+    # pushed forward at frame 6 by 2.5 px/frame (it reads 1.25 px/frame per frame over the judge's
+    # four-frame baseline, past TOL_SPEEDUP; smaller pushes hide in a generated outline's wobble)
+    faster[6:, 0, 0] += np.cumsum(np.full(P.FRAMES - 6, 2.5))
     s = JUDGE.score("a blue block slides across the floor", S.render_tracks(block, faster))
-    assert not s.accept and "friction_speedup" in failed(s) and "speeds up" in s.rationale
+    assert not s.accept and {"friction_speedup", "friction_rate"} & failed(s), s.rationale
     frictionless = np.array([[[4.0 + 1.5 * t, REST]] for t in range(P.FRAMES)])
     s = JUDGE.score("a blue block slides across the floor", S.render_tracks(block, frictionless))
     assert not s.accept and "friction_rate" in failed(s) and "no friction" in s.rationale
@@ -211,7 +213,8 @@ def test_hand_made_collision_where_the_target_moves_before_contact():
     tracks[:, 0, 0] = 3.0 + 1.0 * np.arange(P.FRAMES)
     tracks[:, 1, 0] = 16.0 + np.where(np.arange(P.FRAMES) >= 2, 1.2 * (np.arange(P.FRAMES) - 2), 0.0)
     s = JUDGE.score("a red ball rolls into a green ball", S.render_tracks(bodies, tracks))
-    assert not s.accept and "causality" in failed(s) and "frame 3:" in s.rationale
+    # it moves 1.2 px by frame 3, 2.4 px by frame 4: past the wobble a resting ball may show (TOL_STILL)
+    assert not s.accept and "causality" in failed(s) and "frame 4:" in s.rationale
 
 
 # ------------------------------------------------------------------ prompt mismatch
@@ -311,3 +314,31 @@ def test_render_to_file_and_judge_the_file(tmp_path, suffix):
         tools.save_video(tmp_path / "clip.avi", video)
     with pytest.raises(FileNotFoundError):
         tools.judge_file(tmp_path / "missing.npy", info["prompt"])
+
+
+def test_rate_changes_reads_acceleration_exactly_and_half_a_kick():
+    from reward.world.motion import rate_changes
+
+    t = np.arange(12, dtype=float)
+    a, at = rate_changes(3.0 + 1.5 * t + 0.25 * t**2, np.ones(12, bool))
+    np.testing.assert_allclose(a, 0.5)
+    np.testing.assert_array_equal(at, np.arange(2, 10))
+    kicked = 2.0 * t + np.where(t > 6, 2.0 * (t - 6), 0.0)  # +2 px/frame from frame 6 on
+    a, at = rate_changes(kicked, np.ones(12, bool))
+    assert a.max() == pytest.approx(1.0) and at[np.argmax(a)] == 6
+    usable = np.ones(12, bool)
+    usable[5] = False
+    assert 7 not in rate_changes(kicked, usable)[1] and 3 not in rate_changes(kicked, usable)[1]
+
+
+def test_correct_motion_seen_through_a_wobbling_outline_is_accepted():
+    """A generator draws an object's outline a little differently every frame: the judge must not
+    read 0.3 px of centre wobble as a force (bench/judge_calibration.py measures the rate)."""
+    rng = np.random.default_rng(7)
+    accepted = []
+    for i in range(40):
+        scene = S.sample_scene(P.FAMILIES[i % 4], 900 + i)
+        tracks = S.simulate(scene)
+        video = S.render_tracks(scene.bodies, tracks + rng.normal(0.0, 0.3, tracks.shape))
+        accepted.append(JUDGE.score(scene.prompts[0], video).accept)
+    assert np.mean(accepted) >= 0.85, np.mean(accepted)

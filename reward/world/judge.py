@@ -35,7 +35,7 @@ from reward.video_io import check_video
 
 from . import physics as P
 from .intent import Intent, parse_prompt, region_interval
-from .motion import BOUNCE_REACH, Flight, flight, line_fit, velocities
+from .motion import BOUNCE_REACH, Flight, flight, line_fit, rate_changes, velocities
 from .tracker import Observation, Track, observe
 
 ACCEPT = 0.75  # sa and pc both at least this → accept (VideoPhy-2 "4 of 5")
@@ -181,7 +181,6 @@ def _permanence(o: _Obj, noun: str, checks: _Checks) -> None:
     # teleport: departure from a constant-acceleration step between consecutive frames
     u, y = o.usable, pos[:, 1]
     worst, worst_t = 0.0, None
-    kick, kick_t = 0.0, None
     near = y >= P.REST_Y - BOUNCE_REACH
     air = y < P.REST_Y - P.FLOOR_MARGIN
     for t in range(2, t_len):
@@ -200,17 +199,32 @@ def _permanence(o: _Obj, noun: str, checks: _Checks) -> None:
         e = float(np.hypot(*err))
         if e > worst:
             worst, worst_t = e, t
-        spans_contact = any(t - 2 <= c.before and t >= c.after for c in o.flight.contacts)
-        if in_air and not spans_contact and e > kick:
-            kick, kick_t = e, t
     ex = worst / P.TOL_TELEPORT
     checks.add("teleport", "pc", o.colour, ex,
                f"the {noun} jumps {worst:.1f} px away from its path (teleport)", frame=worst_t,
                value=_r(worst), limit=P.TOL_TELEPORT)
+    kick, kick_t = _kick(o, u & air)
     if kick_t is not None and kick > P.TOL_KICK and ex <= 1.0:
         checks.add("kick", "pc", o.colour, kick / P.TOL_KICK,
-                   f"the {noun}'s velocity jumps by {kick:.1f} px/frame in mid-air (a kick no force explains)",
-                   frame=kick_t - 1, value=_r(kick), limit=P.TOL_KICK, graded=True)
+                   f"the {noun}'s velocity changes by {kick:.1f} px/frame per frame beyond gravity around "
+                   f"frame {kick_t} in mid-air (a kick no force explains)",
+                   frame=kick_t, value=_r(kick), limit=P.TOL_KICK, graded=True)
+
+
+def _kick(o: _Obj, airborne: np.ndarray) -> tuple[float, int | None]:
+    """Largest mid-air change of velocity beyond gravity, over a four-frame baseline (see
+    :func:`.motion.rate_changes`), leaving out the frames around each floor contact."""
+    ax, tx = rate_changes(o.pos[:, 0], airborne)
+    ay, _ = rate_changes(o.pos[:, 1], airborne)
+    if tx.size == 0:
+        return 0.0, None
+    keep = np.array([bool(airborne[t - 2:t + 3].all()) and
+                     not any(t - 2 <= c.after and t + 2 >= c.before for c in o.flight.contacts) for t in tx])
+    if not keep.any():
+        return 0.0, None
+    dev = np.hypot(ax, ay - P.GRAVITY)[keep]
+    k = int(np.argmax(dev))
+    return float(dev[k]), int(tx[keep][k])
 
 
 def _stop_dead(o: _Obj, noun: str, checks: _Checks, contact_frames: set[int]) -> None:
@@ -304,21 +318,18 @@ def _slide_laws(o: _Obj, noun: str, checks: _Checks, intent: Intent) -> dict:
         return facts
     direction = 1.0 if v[0] >= 0 else -1.0
     s = direction * v
-    rise = np.diff(s)
-    steps = t[1:]
-    # only changes between adjacent intervals count
-    adjacent = np.diff(t) == 1
-    rise = np.where(adjacent, rise, 0.0)
-    k = int(np.argmax(rise))
-    checks.add("friction_speedup", "pc", o.colour, max(0.0, rise[k]) / P.TOL_SPEEDUP,
-               f"the {noun} speeds up by {rise[k]:.2f} px/frame while sliding (friction only slows)",
-               frame=int(steps[k]) + 1, value=_r(rise[k]), limit=P.TOL_SPEEDUP)
-    drop = -rise
-    k = int(np.argmax(drop))
-    max_dec = P.FRICTION_DECEL_RANGE[1] + P.TOL_ACCEL
-    checks.add("friction_jerk", "pc", o.colour, max(0.0, drop[k]) / max_dec,
-               f"the {noun} loses {drop[k]:.2f} px/frame of speed in one frame (more than friction can take)",
-               frame=int(steps[k]) + 1, value=_r(drop[k]), limit=max_dec)
+    a, at = rate_changes(o.pos[:, 0], floor)  # per-frame speed changes, four-frame baseline
+    if a.size:
+        rise = direction * a
+        k = int(np.argmax(rise))
+        checks.add("friction_speedup", "pc", o.colour, max(0.0, rise[k]) / P.TOL_SPEEDUP,
+                   f"the {noun} speeds up by {rise[k]:.2f} px/frame per frame around frame {int(at[k])} while "
+                   f"sliding (friction only slows)", frame=int(at[k]), value=_r(rise[k]), limit=P.TOL_SPEEDUP)
+        max_dec = P.FRICTION_DECEL_RANGE[1] + P.TOL_SPEEDUP  # speed changes carry the same noise both ways
+        k = int(np.argmax(-rise))
+        checks.add("friction_jerk", "pc", o.colour, max(0.0, -rise[k]) / max_dec,
+                   f"the {noun} loses {-rise[k]:.2f} px/frame of speed per frame around frame {int(at[k])} "
+                   f"(more than friction can take)", frame=int(at[k]), value=_r(-rise[k]), limit=max_dec)
     moving = s > P.REST_SPEED
     mt, ms = t[moving], s[moving]
     if mt.size >= 4:
@@ -353,7 +364,7 @@ def _collision_laws(a: _Obj, b: _Obj, na: str, nb: str, checks: _Checks) -> dict
                    frame=f, value=_r(gap[f]), limit=PENETRATION)
     ib = np.flatnonzero(b.usable)
     x0b = xb[ib[0]]
-    moved = ib[np.abs(xb[ib] - x0b) > 0.4]
+    moved = ib[np.abs(xb[ib] - x0b) > P.TOL_STILL]  # beyond the wobble of a resting object
     if moved.size == 0:
         return facts
     f = int(moved[0])
@@ -410,17 +421,17 @@ def _rolling_laws(o: _Obj, noun: str, checks: _Checks, contact: int | None) -> N
     v, t = velocities(o.pos[:, 0], floor)
     if v.size < 2:
         return
-    adjacent = np.diff(t) == 1
-    dv = np.abs(np.diff(v))
-    near = np.zeros_like(adjacent)
+    a, at = rate_changes(o.pos[:, 0], floor)  # per-frame speed changes, four-frame baseline
     if contact is not None:
-        near = (t[1:] >= contact - 2) & (t[1:] <= contact + 1)
-    dv = np.where(adjacent & ~near, dv, 0.0)
-    k = int(np.argmax(dv))
-    checks.add("rolling_speed", "pc", o.colour, dv[k] / (2 * P.TOL_SPEEDUP),
-               f"the {noun} changes speed by {dv[k]:.2f} px/frame with nothing touching it "
-               f"(a rolling ball keeps its speed)", frame=int(t[k + 1]), value=_r(dv[k]),
-               limit=2 * P.TOL_SPEEDUP, graded=True)
+        keep = (at < contact - 3) | (at > contact + 2)
+        a, at = a[keep], at[keep]
+    if a.size == 0:
+        return
+    k = int(np.argmax(np.abs(a)))
+    checks.add("rolling_speed", "pc", o.colour, abs(a[k]) / P.TOL_SPEEDUP,
+               f"the {noun} changes speed by {abs(a[k]):.2f} px/frame per frame around frame {int(at[k])} with "
+               f"nothing touching it (a rolling ball keeps its speed)", frame=int(at[k]), value=_r(abs(a[k])),
+               limit=P.TOL_SPEEDUP, graded=True)
 
 
 # ------------------------------------------------------------------ semantic checks

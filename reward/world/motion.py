@@ -242,6 +242,25 @@ def velocities(x: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return x[t + 1] - x[t], t
 
 
+def rate_changes(x: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame velocity change at frame ``t`` measured over a four-frame baseline,
+    ``(x[t+2] − 2·x[t] + x[t−2]) / 4``, for frames whose ``t ± 2`` are usable; returns ``(a, t)``.
+
+    For exact motion it equals the acceleration (a parabola gives exactly ``a``); for a kick of
+    ``Δ`` px/frame at ``t`` it reads ``Δ/2``. Its noise is ``√6/4 ≈ 0.61`` of the position noise
+    against ``√6 ≈ 2.45`` for the one-frame ``x[t+1] − 2·x[t] + x[t−1]``: twice the signal-to-noise
+    for a kick, four times for a steady acceleration, so that the wobble of a generated object's
+    outline (a few tenths of a pixel) is not read as a force.
+    """
+    n = len(x)
+    if n < 5:
+        return np.zeros(0), np.zeros(0, dtype=int)
+    t = np.arange(2, n - 2)
+    ok = usable[t - 2] & usable[t] & usable[t + 2]
+    t = t[ok]
+    return (x[t + 2] - 2.0 * x[t] + x[t - 2]) / 4.0, t
+
+
 def line_fit(t: np.ndarray, v: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Least-squares ``v = c + b·t``: returns ``(b, c, residuals)``; needs two points."""
     if len(t) == 1:
