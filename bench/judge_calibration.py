@@ -45,8 +45,16 @@ if str(ROOT) not in sys.path:  # so `python bench/judge_calibration.py` finds th
 from reward.world import corrupt as C  # noqa: E402
 from reward.world import physics as P  # noqa: E402
 from reward.world.judge import PhysicsJudge  # noqa: E402
-from reward.world.simulator import (LEVELS, Scene, iter_scenes, prompts_for, render, render_tracks,  # noqa: E402
-                                    sample_scene, simulate)
+from reward.world.simulator import (  # noqa: E402
+    LEVELS,
+    Scene,
+    iter_scenes,
+    prompts_for,
+    render,
+    render_tracks,
+    sample_scene,
+    simulate,
+)
 
 GOAL = 0.95
 

@@ -58,6 +58,27 @@ def by_family(rows: list[dict]) -> dict:
     return {f: summarise([r for r in rows if r["family"] == f]) for f in P.FAMILIES}
 
 
+@torch.no_grad()
+def sdedit_rows(gen: ToyGenerator, judge: PhysicsJudge, scenes: list, noise_seeds: list[int], t0: float) -> list[dict]:
+    """Short-prompt clips sampled from each scene's real clip noised to ``t0`` (Euler, the
+    checkpoint's schedule below ``t0``)."""
+    from policy.toy import sigma_schedule
+
+    x0 = gen.encode_videos([render(s) for s in scenes])
+    text = gen.encode_prompts([s.prompts[0] for s in scenes])
+    eps = torch.stack([gen.noise(n) for n in noise_seeds])
+    x = (1.0 - t0) * x0 + t0 * eps
+    sigmas = [t0] + [s for s in sigma_schedule(gen.sampling.steps, gen.sampling.shift).tolist() if s < t0 - 1e-9]
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        x = x + (s_next - s) * gen.velocity(x, torch.full((x.shape[0],), s), text)
+    rows = []
+    for scene, video in zip(scenes, gen.decode_latents(x)):
+        sc = judge.score(scene.prompts[0], video)
+        rows.append({"family": scene.family, "level": 0, "sa": sc.sa, "pc": sc.pc, "accept": bool(sc.accept),
+                     "joint": sc.joint(), "failed": sc.details.get("failed", [])})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
@@ -71,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="first scene seed (default: the held-out set; sampling defaults were chosen "
                          "on TUNE_SEED_BASE = 600000+)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sdedit", type=float, nargs="*", default=[],
+                    help="diagnostic: also start the sampler from each scene's real clip noised to these t "
+                         "(x_t = (1 − t)·x0 + t·ε) and judge the result on short prompts — where between "
+                         "t = 1 and 0 the generator stops being able to finish a clip")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "toy_base_eval.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -112,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"level {name:10s} accept {lv['accept']:.3f}  joint {lv['joint']:.3f}  sa {lv['sa']:.3f}  "
               f"pc {lv['pc']:.3f}  fails {lv['top_failures']}", flush=True)
 
+    sdedit = {}
+    for t0 in args.sdedit:
+        rows = sdedit_rows(gen, judge, scenes, noise_seeds, t0)
+        sdedit[f"{t0:g}"] = summarise(rows)
+        print(f"from the real clip at t = {t0:g}: joint {sdedit[f'{t0:g}']['joint']:.3f}  "
+              f"pc {sdedit[f'{t0:g}']['pc']:.3f}", flush=True)
+
     real = {f"{lv}_{LEVEL_NAMES[lv]}": summarise([r for r in real_rows if r["level"] == lv]) for lv in args.levels}
     print("simulator videos:", {k: v["accept"] for k, v in real.items()}, flush=True)
     meta = gen.metadata
@@ -130,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                  "refinement": False},
         **results,
         "simulator_videos": real,
+        "sdedit_short_prompts": sdedit,
         "seconds_per_clip": round(gen_seconds / max(1, n_clips), 4),
         "threads": args.threads,
         "python": platform.python_version(),

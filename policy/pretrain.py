@@ -89,13 +89,16 @@ def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, text: tor
 
 def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence[Sequence[str]],
              encode: Callable[[list[str]], torch.Tensor], config: PretrainConfig = PretrainConfig(),
-             log: Log | None = print, on_step: Callable[[int], None] | None = None) -> list[float]:
+             log: Log | None = print, on_step: Callable[[int], None] | None = None,
+             to_latents: Callable[[np.ndarray], torch.Tensor] | None = None) -> list[float]:
     """Train ``transformer`` in place on ``videos`` (uint8 ``(N, T, H, W, 3)``); returns per-step losses.
 
     ``prompts[i]`` lists the prompts of clip ``i`` (any number ≥ 1, e.g. the three detail levels);
     each step uses one of them, uniformly. ``encode`` maps a list of prompts to ``(B, L, D)``
     token embeddings; it is called once on the distinct prompts. ``on_step(step)`` (1-based) runs
-    after every optimizer step (snapshots, custom stopping checks in experiments).
+    after every optimizer step (snapshots, custom stopping checks in experiments). ``to_latents``
+    maps a uint8 batch ``(B, T, H, W, 3)`` to ``(B, C, T, H, W)`` (default: ``video / 127.5 − 1``;
+    the tiny generator passes its own normalisation, ``ToyGenerator.encode_videos``).
     """
     videos = np.asarray(videos)
     if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
@@ -113,6 +116,10 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
     null_id = len(vocab)
     ids = [[index[p] for p in ps] for ps in prompts]
 
+    if to_latents is None:
+        def to_latents(batch: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(batch).to(torch.float32).div_(127.5).sub_(1.0).permute(0, 4, 1, 2, 3)
+
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -128,7 +135,7 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
         text_ids = [ids[r][int(rng.integers(len(ids[r])))] for r in rows]
         drop = rng.random(config.batch) < config.prompt_dropout
         text_ids = [null_id if d else k for k, d in zip(text_ids, drop)]
-        x0 = torch.from_numpy(videos[rows]).to(torch.float32).div_(127.5).sub_(1.0).permute(0, 4, 1, 2, 3)
+        x0 = to_latents(videos[rows])
         text = bank[text_ids]
         t = sample_t(config.batch, config, gen)
         noise = torch.randn(x0.shape, generator=gen)

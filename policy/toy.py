@@ -1,8 +1,12 @@
 """The built-in world's tiny generator: a pixel-space ``WanTransformer3DModel`` with rectified flow.
 
 It is the same denoiser class as Wan2.1 (so LoRA targets, objectives and trainer are shared), at
-about a million parameters, working directly on pixels (no VAE): a clip's latent is
-``x0 = video / 127.5 − 1`` laid out ``(3, T, H, W)``. Text conditioning is per-token
+about a million parameters, working directly on pixels (no VAE): a clip's latent is its pixels,
+normalised per channel, ``x0 = (video − pixel_mean) / pixel_std`` laid out ``(3, T, H, W)``. The
+statistics are those of the training videos (stored in the checkpoint), the way Wan normalises
+its VAE latents with ``latents_mean``/``latents_std``: the world's frames are mostly dark
+background, so plain ``video / 127.5 − 1`` would leave the data with std ≈ 0.26 against unit
+noise, and every error of the denoiser at high noise would show up ~4× larger in pixels. Text conditioning is per-token
 all-MiniLM-L6-v2 embeddings (:mod:`policy.text`), zero-padded like Wan's UMT5 path; the all-zero
 embedding is the unconditional input (prompt dropout in training, classifier-free guidance).
 
@@ -21,6 +25,7 @@ how it was trained.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -43,6 +48,10 @@ CHECKPOINT_FORMAT = "phyloop-toy-base/1"
 Progress = Callable[[int, int], None]
 
 
+PREDICTIONS = ("velocity", "x0-precond", "x0")
+X0_T_MIN = 0.05  # "x0" prediction: v̂ = (x_t − F) / max(t, X0_T_MIN)
+
+
 @dataclass(frozen=True)
 class ToyArch:
     """Architecture of the tiny denoiser and the clip geometry it works on."""
@@ -56,8 +65,19 @@ class ToyArch:
     num_layers: int = 4
     freq_dim: int = 64
     text_len: int = 64
+    # latent = (pixel − pixel_mean) / pixel_std per RGB channel, pixels in 0..255 (127.5/127.5: [−1, 1])
+    pixel_mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    pixel_std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    # what the network's raw output F means: "velocity" (plain Wan: v = F), "x0-precond"
+    # (EDM-style preconditioning, see :func:`precondition_velocity`) or "x0" (the clean clip:
+    # v̂ = (x_t − F)/t, see :func:`x0_velocity`)
+    prediction: str = "velocity"
 
     def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
+            raise ValueError(f"pixel_mean/pixel_std must be 3 values (std > 0), got {self.pixel_mean}, {self.pixel_std}")
         pt, ph, pw = self.patch_size
         if self.frames % pt or self.size % ph or self.size % pw:
             raise ValueError(f"clip {self.frames}×{self.size}×{self.size} is not divisible by patch {self.patch_size}; "
@@ -82,7 +102,9 @@ class ToyArch:
     @classmethod
     def from_dict(cls, d: dict) -> "ToyArch":
         d = dict(d)
-        d["patch_size"] = tuple(d["patch_size"])
+        for key in ("patch_size", "pixel_mean", "pixel_std"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -104,13 +126,66 @@ class SampleConfig:
             raise ValueError(f"max_batch must be ≥ 1, got {self.max_batch}")
 
 
+def precondition_velocity(x_t: torch.Tensor, t: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """Velocity from the raw network output ``F`` under EDM-style preconditioning (unit-variance data).
+
+    With ``x_t = (1 − t)·x0 + t·ε`` and ``D = (1 − t)² + t²`` (the variance of ``x_t``), the clean
+    estimate is ``x̂0 = c_skip·x_t + c_out·F`` with ``c_skip = (1 − t)/D`` and ``c_out = t/√D``
+    (Karras et al. 2022, Eq. 7 with σ_data = 1, written for rectified flow), and the velocity
+    ``v̂ = (x_t − x̂0)/t`` simplifies to ``((2t − 1)/D)·x_t − F/√D``, finite at every t. The
+    network's target then has unit variance at every noise level: at ``t = 1`` it predicts the
+    clean clip (what a pixel-space model can do well, Li & He 2025), at ``t = 0`` the noise,
+    instead of pushing the full-dimensional noise through its layers at high noise as plain
+    velocity prediction must.
+    """
+    tb = t.to(torch.float32).reshape(-1, *([1] * (x_t.dim() - 1)))
+    d = (1.0 - tb) ** 2 + tb ** 2
+    v = (2.0 * tb - 1.0) / d * x_t.to(torch.float32) - raw.to(torch.float32) / d.sqrt()
+    return v.to(raw.dtype)
+
+
+def x0_velocity(x_t: torch.Tensor, t: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """Velocity from a network that predicts the clean clip ``F = x̂0``: ``v̂ = (x_t − F)/t``.
+
+    Pixel-space models whose tokens are wide (a patch of many pixels) do better predicting the
+    clean clip, which lies near a low-dimensional set, than the noise or the velocity, which do
+    not (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"). ``t`` is clipped
+    at ``X0_T_MIN`` in the division, as there, so the last steps stay finite.
+    """
+    tb = t.to(torch.float32).reshape(-1, *([1] * (x_t.dim() - 1))).clamp_min(X0_T_MIN)
+    return ((x_t.to(torch.float32) - raw.to(torch.float32)) / tb).to(raw.dtype)
+
+
+_OUTPUT_TO_VELOCITY = {"x0-precond": precondition_velocity, "x0": x0_velocity}
+
+
+def _velocity_hook(to_velocity, module, args, kwargs, output):
+    x_t = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+    t = timestep.to(torch.float32) / 1000.0
+    if isinstance(output, tuple):
+        return (to_velocity(x_t, t, output[0]), *output[1:])
+    output.sample = to_velocity(x_t, t, output.sample)
+    return output
+
+
 def build_transformer(arch: ToyArch, seed: int | None = 0) -> WanTransformer3DModel:
-    """A randomly initialised denoiser (deterministic for a given ``seed``)."""
+    """A randomly initialised denoiser (deterministic for a given ``seed``).
+
+    With ``arch.prediction`` other than ``"velocity"`` a forward hook turns the network's raw
+    output into the velocity (:func:`precondition_velocity`, :func:`x0_velocity`), so every caller — sampler, pretraining, the
+    LoRA trainer's policy and its adapter-off reference — sees a velocity, as from plain Wan.
+    """
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return WanTransformer3DModel(**arch.transformer_config())
-    return WanTransformer3DModel(**arch.transformer_config())
+            model = WanTransformer3DModel(**arch.transformer_config())
+    else:
+        model = WanTransformer3DModel(**arch.transformer_config())
+    if arch.prediction != "velocity":
+        model.register_forward_hook(functools.partial(_velocity_hook, _OUTPUT_TO_VELOCITY[arch.prediction]),
+                                    with_kwargs=True)
+    return model
 
 
 def sigma_schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -120,23 +195,40 @@ def sigma_schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
     return s.to(torch.float32)
 
 
-def videos_to_latents(videos: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """uint8 ``(T, H, W, 3)`` clips → float32 ``(B, 3, T, H, W)`` in [−1, 1] (exactly invertible)."""
+_UNIT = (127.5, 127.5, 127.5)
+
+
+def _channel(values: Sequence[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1, 1)
+
+
+def videos_to_latents(videos: Sequence[np.ndarray] | np.ndarray, mean: Sequence[float] = _UNIT,
+                      std: Sequence[float] = _UNIT) -> torch.Tensor:
+    """uint8 ``(T, H, W, 3)`` clips → float32 ``(B, 3, T, H, W)``, ``(pixel − mean) / std`` per channel.
+
+    Exactly invertible by :func:`latents_to_videos` with the same statistics.
+    """
     arr = np.stack([np.asarray(v) for v in videos]) if not isinstance(videos, np.ndarray) else videos
     if arr.ndim == 4:
         arr = arr[None]
     if arr.dtype != np.uint8 or arr.ndim != 5 or arr.shape[-1] != 3:
         raise ValueError(f"videos must be uint8 (T, H, W, 3) arrays, got {arr.dtype} {arr.shape[1:]}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32)
-    return (x / 127.5 - 1.0).permute(0, 4, 1, 2, 3).contiguous()
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).permute(0, 4, 1, 2, 3)
+    return ((x - _channel(mean)) / _channel(std)).contiguous()
 
 
-def latents_to_videos(latents: torch.Tensor) -> np.ndarray:
+def latents_to_videos(latents: torch.Tensor, mean: Sequence[float] = _UNIT, std: Sequence[float] = _UNIT) -> np.ndarray:
     """float ``(B, 3, T, H, W)`` → uint8 ``(B, T, H, W, 3)`` (clipped, rounded to nearest)."""
     if latents.ndim != 5 or latents.shape[1] != 3:
         raise ValueError(f"latents must be (B, 3, T, H, W), got {tuple(latents.shape)}")
-    x = ((latents.detach().to(torch.float32).cpu() + 1.0) * 127.5).round().clamp(0, 255)
+    x = (latents.detach().to(torch.float32).cpu() * _channel(std) + _channel(mean)).round().clamp(0, 255)
     return x.to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous().numpy()
+
+
+def pixel_statistics(videos: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..255 units, rounded to 0.01) of uint8 videos ``(N, T, H, W, 3)``."""
+    x = np.asarray(videos, dtype=np.float64).reshape(-1, 3)
+    return tuple(round(float(v), 2) for v in x.mean(0)), tuple(round(float(v), 2) for v in x.std(0))
 
 
 class ToyGenerator(AdapterIO):
@@ -203,7 +295,7 @@ class ToyGenerator(AdapterIO):
         return self.text_encoder.encode(prompts)
 
     def encode_videos(self, videos: Sequence[np.ndarray]) -> torch.Tensor:
-        latents = videos_to_latents(videos)
+        latents = videos_to_latents(videos, self.arch.pixel_mean, self.arch.pixel_std)
         expected = (3, self.arch.frames, self.arch.size, self.arch.size)
         if tuple(latents.shape[1:]) != expected:
             raise ValueError(f"videos must be {self.arch.frames}×{self.arch.size}×{self.arch.size}×3, "
@@ -212,7 +304,7 @@ class ToyGenerator(AdapterIO):
 
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Latents ``(B, 3, T, H, W)`` → uint8 videos ``(B, T, H, W, 3)``."""
-        return latents_to_videos(latents)
+        return latents_to_videos(latents, self.arch.pixel_mean, self.arch.pixel_std)
 
     def training_inputs(self, videos: Sequence[np.ndarray], prompts: Sequence[str]) -> TrainingInputs:
         if len(videos) != len(prompts):

@@ -22,11 +22,10 @@ imperfect.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,13 +36,21 @@ import torch  # noqa: E402
 
 from policy.pretrain import PretrainConfig, pretrain  # noqa: E402
 from policy.text import TextEncoder  # noqa: E402
-from policy.toy import DEFAULT_CHECKPOINT, SampleConfig, ToyArch, ToyGenerator  # noqa: E402
+from policy.toy import (  # noqa: E402
+    DEFAULT_CHECKPOINT,
+    PREDICTIONS,
+    SampleConfig,
+    ToyArch,
+    ToyGenerator,
+    pixel_statistics,
+)
 from reward.world import physics as P  # noqa: E402
 from reward.world.simulator import render, sample_scene  # noqa: E402
 
 TRAIN_SEED_BASE = 1_000_000
 
 # Chosen from measurements on a 2-core machine (see the report in bench/results/toy_base_eval.json):
+DEFAULT_ARCH = ToyArch()
 DEFAULT_SCENES = 4000
 DEFAULT_STEPS = 3000
 DEFAULT_BATCH = 16
@@ -76,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", choices=("bf16", "fp32"), default=DEFAULT_PRECISION,
                     help="training matmul precision (bf16 autocast keeps fp32 master weights)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--prediction", choices=PREDICTIONS, default=DEFAULT_ARCH.prediction,
+                    help="what the network outputs (see policy.toy.ToyArch.prediction)")
+    ap.add_argument("--normalise", action="store_true",
+                    help="normalise latents per channel by the training videos' pixel mean/std "
+                         "(default: video / 127.5 − 1, as the shipped checkpoint)")
+    ap.add_argument("--patch", type=int, nargs=3, metavar=("T", "H", "W"), default=None,
+                    help=f"patch size (default {DEFAULT_ARCH.patch_size})")
     ap.add_argument("--minutes", type=float, default=30.0,
                     help="wall budget: warns when the projected build time exceeds it (training still "
                          "stops by steps, so the result does not depend on machine speed)")
@@ -83,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
-    arch = ToyArch()
     print(f"rendering {args.scenes} scenes (seeds {TRAIN_SEED_BASE}..{TRAIN_SEED_BASE + args.scenes - 1})", flush=True)
     videos, prompts, _ = build_dataset(args.scenes)
-    print(f"  {time.perf_counter() - t_start:.0f}s", flush=True)
+    arch = replace(DEFAULT_ARCH, prediction=args.prediction,
+                   patch_size=tuple(args.patch) if args.patch else DEFAULT_ARCH.patch_size)
+    if args.normalise:  # per-channel latent normalisation, like Wan's latents_mean/std
+        mean, std = pixel_statistics(videos)
+        arch = replace(arch, pixel_mean=mean, pixel_std=std)
+    print(f"  {time.perf_counter() - t_start:.0f}s; latent = (pixel − {arch.pixel_mean}) / {arch.pixel_std}", flush=True)
 
     gen = ToyGenerator.random(arch, seed=args.seed, sampling=DEFAULT_SAMPLING, text_encoder=TextEncoder(arch.text_len))
     n_params = sum(p.numel() for p in gen.transformer.parameters())
@@ -109,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"WARNING: projected build time exceeds --minutes {args.minutes:g} on this machine", flush=True)
 
     t_train = time.perf_counter()
-    losses = pretrain(gen.transformer, videos, prompts, gen.encode_prompts, cfg, log=log)
+    losses = pretrain(gen.transformer, videos, prompts, gen.encode_prompts, cfg, log=log, to_latents=gen.encode_videos)
     train_s = time.perf_counter() - t_train
     total_s = time.perf_counter() - t_start
 

@@ -6,6 +6,9 @@ so the whole file runs in seconds; only ``test_shipped_checkpoint_*`` touches th
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,11 +16,22 @@ import torch
 from policy.base import Generator
 from policy.pretrain import PretrainConfig, cosine_lr, pretrain
 from policy.text import TEXT_DIM, TextEncoder, embed_sentences
-from policy.toy import (DEFAULT_CHECKPOINT, SampleConfig, ToyArch, ToyGenerator, latents_to_videos,
-                        sigma_schedule, videos_to_latents)
+from policy.toy import (
+    DEFAULT_CHECKPOINT,
+    SampleConfig,
+    ToyArch,
+    ToyGenerator,
+    latents_to_videos,
+    pixel_statistics,
+    precondition_velocity,
+    sigma_schedule,
+    videos_to_latents,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = ToyArch(frames=4, size=16, patch_size=(1, 4, 4), num_heads=2, head_dim=12, ffn_dim=32, num_layers=1,
-               freq_dim=16, text_len=16)
+               freq_dim=16, text_len=16, pixel_mean=(30.0, 28.0, 32.0), pixel_std=(35.0, 33.0, 34.0))
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +84,58 @@ def test_encode_videos_round_trip_is_exact(gen):
     videos[0][0, 0, 0] = [0, 255, 128]
     lat = gen.encode_videos(videos)
     assert lat.shape == (3, 3, 4, 16, 16) and lat.dtype == torch.float32
-    assert lat.min() >= -1 and lat.max() <= 1
+    torch.testing.assert_close(lat[0, :, 0, 0, 0], torch.tensor([(0 - 30) / 35, (255 - 28) / 33, (128 - 32) / 34]))
     np.testing.assert_array_equal(gen.decode_latents(lat), np.stack(videos))
     with pytest.raises(ValueError, match="4×16×16"):
         gen.encode_videos([np.zeros((4, 8, 8, 3), np.uint8)])
     with pytest.raises(ValueError, match="uint8"):
         videos_to_latents([np.zeros((4, 16, 16, 3), np.float32)])
+
+
+def test_normalised_latents_round_trip_and_statistics():
+    rng = np.random.default_rng(2)
+    videos = rng.integers(0, 256, (2, 4, 16, 16, 3), dtype=np.uint8)
+    mean, std = pixel_statistics(videos)
+    assert len(mean) == 3 and all(60 < m < 200 for m in mean) and all(s > 0 for s in std)
+    lat = videos_to_latents(videos, mean, std)
+    assert abs(float(lat.mean())) < 0.05 and abs(float(lat.std()) - 1) < 0.05  # unit-normalised
+    np.testing.assert_array_equal(latents_to_videos(lat, mean, std), videos)
+    with pytest.raises(ValueError, match="pixel_std"):
+        ToyArch(pixel_std=(1.0, 0.0, 1.0))
+
+
+def test_precondition_velocity_hand_values_and_exactness():
+    x = torch.tensor([0.5, -1.0]).view(2, 1, 1, 1, 1)
+    f = torch.tensor([0.2, 0.3]).view(2, 1, 1, 1, 1)
+    # t = 1: v = x_t − F (F is the clean clip); t = 0: v = −x_t − F; t = 1/2: D = 1/2, v = −F·√2
+    torch.testing.assert_close(precondition_velocity(x, torch.tensor([1.0, 1.0]), f).flatten(), torch.tensor([0.3, -1.3]))
+    torch.testing.assert_close(precondition_velocity(x, torch.tensor([0.0, 0.0]), f).flatten(), torch.tensor([-0.7, 0.7]))
+    torch.testing.assert_close(precondition_velocity(x, torch.tensor([0.5, 0.5]), f).flatten(),
+                               -f.flatten() * 2 ** 0.5)
+    # the network output that encodes the true clean clip gives the true velocity ε − x0
+    g = torch.Generator().manual_seed(0)
+    x0, eps, t = torch.randn(5, 3, 2, 4, 4, generator=g), torch.randn(5, 3, 2, 4, 4, generator=g), torch.rand(5, generator=g)
+    tb = t.view(-1, 1, 1, 1, 1)
+    x_t = (1 - tb) * x0 + tb * eps
+    d = (1 - tb) ** 2 + tb ** 2
+    ideal = (x0 - (1 - tb) / d * x_t) / (tb / d.sqrt())
+    torch.testing.assert_close(precondition_velocity(x_t, t, ideal), eps - x0, atol=1e-4, rtol=1e-4)
+
+
+def test_preconditioned_transformer_outputs_velocity(text_encoder, tmp_path):
+    arch = replace(TINY, prediction="x0-precond")
+    plain, pre = ToyGenerator.random(TINY, seed=3), ToyGenerator.random(arch, seed=3, text_encoder=text_encoder)
+    x = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    t, text = torch.tensor([0.9, 0.2]), text_encoder.encode(["a red ball is dropped", "a ball slides"])
+    with torch.no_grad():
+        raw = plain.velocity(x, t, text)
+        torch.testing.assert_close(pre.velocity(x, t, text), precondition_velocity(x, t, raw))
+    loaded = ToyGenerator.from_checkpoint(pre.save_checkpoint(tmp_path / "p.safetensors"), text_encoder=text_encoder)
+    assert loaded.arch.prediction == "x0-precond"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.velocity(x, t, text), pre.velocity(x, t, text))
+    with pytest.raises(ValueError, match="prediction"):
+        replace(TINY, prediction="eps")
 
 
 def test_latents_to_videos_clips_out_of_range():
@@ -214,7 +274,7 @@ def test_pretrain_reduces_loss(gen):
     cfg = PretrainConfig(steps=40, batch=6, lr=3e-3, warmup=5, log_every=10, seed=1)
     logged, stepped = [], []
     losses = pretrain(gen.transformer, videos, prompts, gen.encode_prompts, cfg, log=logged.append,
-                      on_step=stepped.append)
+                      on_step=stepped.append, to_latents=gen.encode_videos)
     assert len(losses) == 40 and len(logged) == 4 and stepped == list(range(1, 41))
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
     with pytest.raises(ValueError, match="prompt lists"):
@@ -229,3 +289,18 @@ def test_pretrain_bf16_autocast_runs_and_keeps_fp32_weights(gen):
     assert all(p.dtype == torch.float32 for p in gen.transformer.parameters())
     with pytest.raises(ValueError, match="precision"):
         PretrainConfig(precision="fp16")
+
+
+def test_build_script_quick_build_with_experiment_options(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_toy_base", ROOT / "scripts" / "build_toy_base.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    out = tmp_path / "base"
+    assert build.main(["--scenes", "8", "--steps", "2", "--batch", "2", "--threads", "1", "--out", str(out),
+                       "--normalise", "--prediction", "x0-precond"]) == 0
+    gen = ToyGenerator.from_checkpoint(out.with_suffix(".safetensors"))
+    assert gen.arch.prediction == "x0-precond" and gen.arch.pixel_std != (127.5, 127.5, 127.5)
+    assert gen.metadata["training"]["steps"] == 2 and gen.metadata["training"]["data"]["scenes"] == 8
+    assert gen.generate(["a red ball is dropped"], [1], 1)[0][0].video.shape == (12, 32, 32, 3)
