@@ -213,15 +213,20 @@ def videos_to_latents(videos: Sequence[np.ndarray] | np.ndarray, mean: Sequence[
         arr = arr[None]
     if arr.dtype != np.uint8 or arr.ndim != 5 or arr.shape[-1] != 3:
         raise ValueError(f"videos must be uint8 (T, H, W, 3) arrays, got {arr.dtype} {arr.shape[1:]}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).permute(0, 4, 1, 2, 3)
-    return ((x - _channel(mean)) / _channel(std)).contiguous()
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32)
+    if tuple(mean) == _UNIT and tuple(std) == _UNIT:  # bit for bit what the shipped checkpoint was trained on
+        x = x / 127.5 - 1.0
+    else:
+        x = (x - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
+    return x.permute(0, 4, 1, 2, 3).contiguous()
 
 
 def latents_to_videos(latents: torch.Tensor, mean: Sequence[float] = _UNIT, std: Sequence[float] = _UNIT) -> np.ndarray:
     """float ``(B, 3, T, H, W)`` → uint8 ``(B, T, H, W, 3)`` (clipped, rounded to nearest)."""
     if latents.ndim != 5 or latents.shape[1] != 3:
         raise ValueError(f"latents must be (B, 3, T, H, W), got {tuple(latents.shape)}")
-    x = (latents.detach().to(torch.float32).cpu() * _channel(std) + _channel(mean)).round().clamp(0, 255)
+    std_ = _channel(std)
+    x = ((latents.detach().to(torch.float32).cpu() + _channel(mean) / std_) * std_).round().clamp(0, 255)
     return x.to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous().numpy()
 
 
