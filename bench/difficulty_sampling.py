@@ -7,18 +7,21 @@ base score at round 0) at the last round minus round 0, for both strategies.
 
     python bench/difficulty_sampling.py                # 5 rounds × 2 seeds
     python bench/difficulty_sampling.py --quick        # minutes
+    python bench/difficulty_sampling.py --jobs 2       # two runs at a time (one per core)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -64,15 +67,21 @@ def main(argv=None):
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "bench" / "out" / "difficulty")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once, each in its own process (they share the run database)")
     args = ap.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 2)
     out = args.out or ROOT / "bench" / "results" / f"difficulty_sampling{'_quick' if args.quick else ''}.json"
     if args.runs_dir.exists():
         shutil.rmtree(args.runs_dir)
     t0 = time.perf_counter()
-    runs = []
-    for seed in range(seeds):
-        for strategy in ("difficulty", "uniform"):
+    todo = [(strategy, seed) for seed in range(seeds) for strategy in ("difficulty", "uniform")]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(one, *zip(*todo), [args] * len(todo)))
+    else:
+        runs = []
+        for strategy, seed in todo:
             print(f"[{time.perf_counter() - t0:6.0f}s] {strategy} seed {seed}", flush=True)
             runs.append(one(strategy, seed, args))
 

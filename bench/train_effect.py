@@ -53,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--groups-per-step", type=int, default=4)
     ap.add_argument("--level", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="base checkpoint (default: the shipped one)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_effect.json")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -62,7 +63,7 @@ def main(argv=None):
     prompts = [s.prompts[args.level] for s in scenes]
     seeds = [10_000 * args.seed + 10 * i for i in range(len(prompts))]
     fresh = [s + 7_777_777 for s in seeds]
-    gen = ToyGenerator.from_checkpoint()
+    gen = ToyGenerator.from_checkpoint(args.checkpoint)
     judge = PhysicsJudge()
     m = args.group_size
 

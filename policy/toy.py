@@ -1,7 +1,7 @@
 """The built-in world's tiny generator: a pixel-space ``WanTransformer3DModel`` with rectified flow.
 
 It is the same denoiser class as Wan2.1 (so LoRA targets, objectives and trainer are shared), at
-about a million parameters, working directly on pixels (no VAE): a clip's latent is its pixels,
+a few million parameters (4.6 M shipped), working directly on pixels (no VAE): a clip's latent is its pixels,
 normalised per channel, ``x0 = (video − pixel_mean) / pixel_std`` laid out ``(3, T, H, W)``. The
 statistics are those of the training videos (stored in the checkpoint), the way Wan normalises
 its VAE latents with ``latents_mean``/``latents_std``: the world's frames are mostly dark
@@ -49,6 +49,7 @@ Progress = Callable[[int, int], None]
 
 
 PREDICTIONS = ("velocity", "x0-precond", "x0")
+COORD_CHANNELS = 3
 X0_T_MIN = 0.05  # "x0" prediction: v̂ = (x_t − F) / max(t, X0_T_MIN)
 
 
@@ -72,6 +73,10 @@ class ToyArch:
     # (EDM-style preconditioning, see :func:`precondition_velocity`) or "x0" (the clean clip:
     # v̂ = (x_t − F)/t, see :func:`x0_velocity`)
     prediction: str = "velocity"
+    # append fixed (t, y, x) coordinate channels to the network's input (see :func:`coordinate_grid`):
+    # Wan has only rotary (relative) position codes, so from pure noise a token cannot tell where in
+    # the frame it is, yet the world's floor and start regions sit at fixed places
+    coords: bool = False
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
@@ -94,7 +99,7 @@ class ToyArch:
         """Keyword arguments of :class:`WanTransformer3DModel` for this architecture."""
         return dict(
             patch_size=tuple(self.patch_size), num_attention_heads=self.num_heads, attention_head_dim=self.head_dim,
-            in_channels=3, out_channels=3, text_dim=TEXT_DIM, freq_dim=self.freq_dim, ffn_dim=self.ffn_dim,
+            in_channels=3 + (COORD_CHANNELS if self.coords else 0), out_channels=3, text_dim=TEXT_DIM, freq_dim=self.freq_dim, ffn_dim=self.ffn_dim,
             num_layers=self.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
             rope_max_seq_len=max(64, self.frames, self.size),
         )
@@ -159,8 +164,33 @@ def x0_velocity(x_t: torch.Tensor, t: torch.Tensor, raw: torch.Tensor) -> torch.
 _OUTPUT_TO_VELOCITY = {"x0-precond": precondition_velocity, "x0": x0_velocity}
 
 
+def coordinate_grid(frames: int, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(3, T, H, W)`` channels holding each pixel's frame, row and column, each scaled to [−1, 1].
+
+    Concatenated to the noisy clip as extra input channels (the way Wan's image-to-video model
+    concatenates its conditioning latents), they give the denoiser the absolute position that
+    rotary attention alone cannot: at ``t = 1`` the input is pure noise and otherwise carries none.
+    """
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1 else torch.zeros(1, device=device, dtype=dtype)
+            for n in (frames, height, width)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def _coords_pre_hook(module, args, kwargs):
+    key = "hidden_states" in kwargs
+    x = kwargs["hidden_states"] if key else args[0]
+    b, _, t, h, w = x.shape
+    x = torch.cat([x, coordinate_grid(t, h, w, x.device, x.dtype).expand(b, -1, -1, -1, -1)], dim=1)
+    if key:
+        kwargs = {**kwargs, "hidden_states": x}
+    else:
+        args = (x, *args[1:])
+    return args, kwargs
+
+
 def _velocity_hook(to_velocity, module, args, kwargs, output):
     x_t = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    x_t = x_t[:, :3]  # without the coordinate channels, if any
     timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
     t = timestep.to(torch.float32) / 1000.0
     if isinstance(output, tuple):
@@ -175,6 +205,8 @@ def build_transformer(arch: ToyArch, seed: int | None = 0) -> WanTransformer3DMo
     With ``arch.prediction`` other than ``"velocity"`` a forward hook turns the network's raw
     output into the velocity (:func:`precondition_velocity`, :func:`x0_velocity`), so every caller — sampler, pretraining, the
     LoRA trainer's policy and its adapter-off reference — sees a velocity, as from plain Wan.
+    With ``arch.coords`` a forward pre-hook appends :func:`coordinate_grid` to the input, so callers
+    still pass the 3-channel noisy clip.
     """
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
@@ -182,6 +214,8 @@ def build_transformer(arch: ToyArch, seed: int | None = 0) -> WanTransformer3DMo
             model = WanTransformer3DModel(**arch.transformer_config())
     else:
         model = WanTransformer3DModel(**arch.transformer_config())
+    if arch.coords:
+        model.register_forward_pre_hook(_coords_pre_hook, with_kwargs=True)
     if arch.prediction != "velocity":
         model.register_forward_hook(functools.partial(_velocity_hook, _OUTPUT_TO_VELOCITY[arch.prediction]),
                                     with_kwargs=True)

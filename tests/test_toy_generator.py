@@ -21,6 +21,7 @@ from policy.toy import (
     SampleConfig,
     ToyArch,
     ToyGenerator,
+    coordinate_grid,
     latents_to_videos,
     pixel_statistics,
     precondition_velocity,
@@ -136,6 +137,39 @@ def test_preconditioned_transformer_outputs_velocity(text_encoder, tmp_path):
         torch.testing.assert_close(loaded.velocity(x, t, text), pre.velocity(x, t, text))
     with pytest.raises(ValueError, match="prediction"):
         replace(TINY, prediction="eps")
+
+
+def test_coordinate_grid_hand_values():
+    g = coordinate_grid(3, 2, 5)
+    assert g.shape == (3, 3, 2, 5)
+    assert g[0, :, 0, 0].tolist() == [-1.0, 0.0, 1.0]  # frame
+    assert g[1, 0, :, 0].tolist() == [-1.0, 1.0]  # row
+    assert g[2, 0, 0, :].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]  # column
+    assert (g[1, 2] == g[1, 0]).all() and (g[2, :, 1] == g[2, :, 0]).all()  # each channel varies along one axis
+    assert coordinate_grid(1, 4, 4)[0].eq(0).all()  # a single frame sits at 0
+
+
+def test_coordinate_channels_keep_the_three_channel_interface(text_encoder, tmp_path):
+    arch = replace(TINY, coords=True, prediction="x0-precond")
+    gen = ToyGenerator.random(arch, seed=3, text_encoder=text_encoder)
+    assert gen.transformer.config.in_channels == 6 and gen.transformer.config.out_channels == 3
+    x = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    t, text = torch.tensor([1.0, 0.3]), text_encoder.encode(["a red ball is dropped", "a ball slides"])
+    with torch.no_grad():
+        v = gen.velocity(x, t, text)
+        # what the hooks do, spelled out: the coordinates appended to the input, the velocity from x_t alone
+        xc = torch.cat([x, coordinate_grid(4, 16, 16).expand(2, -1, -1, -1, -1)], 1)
+        gen.transformer._forward_pre_hooks.clear()
+        gen.transformer._forward_hooks.clear()
+        f = gen.transformer(hidden_states=xc, timestep=t * 1000, encoder_hidden_states=text, return_dict=False)[0]
+    torch.testing.assert_close(v, precondition_velocity(x, t, f))
+    loaded = ToyGenerator.from_checkpoint(ToyGenerator.random(arch, seed=3, text_encoder=text_encoder)
+                                          .save_checkpoint(tmp_path / "c.safetensors"), text_encoder=text_encoder)
+    assert loaded.arch.coords
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.velocity(x, t, text), v)
+        clip = loaded.sample(torch.randn(1, 3, 4, 16, 16), text[:1], SampleConfig(steps=2))
+    assert clip.shape == (1, 3, 4, 16, 16)
 
 
 def test_latents_to_videos_clips_out_of_range():
