@@ -1,6 +1,6 @@
 """Rebuild the built-in world's base generator checkpoint (``policy/checkpoints/toy_base.*``).
 
-    python scripts/build_toy_base.py                 # the shipped checkpoint (≈ 25 min on 2 cores)
+    python scripts/build_toy_base.py                 # the shipped checkpoint (≈ 26 min on 2 cores)
     python scripts/build_toy_base.py --steps 200 --out /tmp/toy_smoke   # a quick smoke build
 
 What it does:
@@ -49,13 +49,24 @@ from reward.world.simulator import render, sample_scene  # noqa: E402
 
 TRAIN_SEED_BASE = 1_000_000
 
-# Chosen from measurements on a 2-core machine (see the report in bench/results/toy_base_eval.json):
-DEFAULT_ARCH = ToyArch()
+# Chosen from measurements on a 2-core machine (bench/toy_base_eval.py on the tuning scenes, seeds
+# 600 000+, 2026-12-01; the runs are listed in BENCHMARKS.md):
+# - whole-clip tokens: each token carries a 4×4-pixel column through all 12 frames (64 tokens), so a
+#   moving object is continuous in time inside every token, and a step costs a third of (2, 4, 4)'s;
+# - the network predicts the clean clip (x-prediction, Li & He 2025): a token's 576 pixel values pass
+#   through a 256-wide model, which can carry a clean clip (low-dimensional) but not its noise;
+# - (t, y, x) coordinate input channels: from pure noise a rotary-only model cannot tell where the
+#   floor is (without them the floor itself came out displaced);
+# - per-channel normalised pixels; training times drawn logit-normal around 0.57 (more high noise).
+DEFAULT_ARCH = ToyArch(patch_size=(12, 4, 4), num_heads=4, head_dim=64, ffn_dim=768, num_layers=4,
+                       prediction="x0", coords=True)
+DEFAULT_NORMALISE = True
 DEFAULT_SCENES = 4000
-DEFAULT_STEPS = 3000
+DEFAULT_STEPS = 4000
 DEFAULT_BATCH = 16
 DEFAULT_LR = 1e-3
 DEFAULT_PRECISION = "bf16"
+DEFAULT_LOGIT_MEAN = 0.3
 DEFAULT_SAMPLING = SampleConfig(steps=16, shift=1.0, guidance=1.0)
 
 
@@ -82,14 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="model initialisation and batch sampling seed")
     ap.add_argument("--precision", choices=("bf16", "fp32"), default=DEFAULT_PRECISION,
                     help="training matmul precision (bf16 autocast keeps fp32 master weights)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (one is ≈ 3× faster than two on a 2-core machine at this size)")
     ap.add_argument("--prediction", choices=PREDICTIONS, default=DEFAULT_ARCH.prediction,
                     help="what the network outputs (see policy.toy.ToyArch.prediction)")
-    ap.add_argument("--normalise", action="store_true",
+    ap.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=DEFAULT_NORMALISE,
                     help="normalise latents per channel by the training videos' pixel mean/std "
-                         "(default: video / 127.5 − 1, as the shipped checkpoint)")
+                         "(--no-normalise: video / 127.5 − 1)")
+    ap.add_argument("--coords", action=argparse.BooleanOptionalAction, default=DEFAULT_ARCH.coords,
+                    help="give the denoiser (t, y, x) coordinate input channels (see policy.toy.coordinate_grid)")
     ap.add_argument("--patch", type=int, nargs=3, metavar=("T", "H", "W"), default=None,
                     help=f"patch size (default {DEFAULT_ARCH.patch_size})")
+    ap.add_argument("--heads", type=int, default=None, help=f"attention heads (default {DEFAULT_ARCH.num_heads})")
+    ap.add_argument("--head-dim", type=int, default=None, help=f"head width (default {DEFAULT_ARCH.head_dim})")
+    ap.add_argument("--ffn", type=int, default=None, help=f"feed-forward width (default {DEFAULT_ARCH.ffn_dim})")
+    ap.add_argument("--layers", type=int, default=None, help=f"transformer blocks (default {DEFAULT_ARCH.num_layers})")
+    ap.add_argument("--logit-mean", type=float, default=DEFAULT_LOGIT_MEAN,
+                    help="mean of the logit-normal training-time distribution (> 0 spends more steps at high noise)")
     ap.add_argument("--minutes", type=float, default=30.0,
                     help="wall budget: warns when the projected build time exceeds it (training still "
                          "stops by steps, so the result does not depend on machine speed)")
@@ -99,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"rendering {args.scenes} scenes (seeds {TRAIN_SEED_BASE}..{TRAIN_SEED_BASE + args.scenes - 1})", flush=True)
     videos, prompts, _ = build_dataset(args.scenes)
-    arch = replace(DEFAULT_ARCH, prediction=args.prediction,
-                   patch_size=tuple(args.patch) if args.patch else DEFAULT_ARCH.patch_size)
+    arch = replace(DEFAULT_ARCH, prediction=args.prediction, coords=args.coords,
+                   patch_size=tuple(args.patch) if args.patch else DEFAULT_ARCH.patch_size,
+                   num_heads=args.heads or DEFAULT_ARCH.num_heads, head_dim=args.head_dim or DEFAULT_ARCH.head_dim,
+                   ffn_dim=args.ffn or DEFAULT_ARCH.ffn_dim, num_layers=args.layers or DEFAULT_ARCH.num_layers)
     if args.normalise:  # per-channel latent normalisation, like Wan's latents_mean/std
         mean, std = pixel_statistics(videos)
         arch = replace(arch, pixel_mean=mean, pixel_std=std)
@@ -110,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in gen.transformer.parameters())
     print(f"model: {n_params / 1e6:.2f} M params, {arch.tokens} tokens per clip", flush=True)
 
-    cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, precision=args.precision)
+    cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, precision=args.precision,
+                         logit_mean=args.logit_mean)
     budget_s = args.minutes * 60.0
     warned = False
 
