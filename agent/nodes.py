@@ -19,7 +19,7 @@ from agent.planner import difficulty_allocation, sample_prompts
 from agent.refine import refine_prompt
 from agent.runtime import Runtime
 from agent.stages import (Clip, derive_seed, evaluate_round, generate_clips, judge_clips, make_probe, timed,
-                          train_pool_source)
+                          train_pool)
 from reward.base import HistoryItem, Score
 from store import path_bytes, read_video, sha256_dir, verify
 
@@ -59,7 +59,7 @@ class Nodes:
         k = state["round"] + 1
         rt.store.start_round(rt.run, k)
         with timed(rt, k, "plan"):
-            pool = [p for p in rt.store.dataset_prompts(source=train_pool_source(rt)) if passes_filter(p)]
+            pool = [p for p in train_pool(rt) if passes_filter(p)]
             if not pool:
                 raise RuntimeError("no training prompts in the store (or none passed the CoT physics filter)")
             by_cat: dict[str, list[str]] = defaultdict(list)
@@ -182,7 +182,7 @@ class Nodes:
             rt.reset_adapter(k - 1)
             name = rt.judge_name()
             prompts = rt.store.round_prompts(rt.run, k, "train")
-            dataset = {p["id"]: p for p in rt.store.dataset_prompts(source=train_pool_source(rt))}
+            dataset = {p["id"]: p for p in train_pool(rt)}
             videos = defaultdict(list)
             for v in rt.store.videos(rt.run, k, split="train", kind="generated"):
                 videos[v["prompt_idx"]].append(v)

@@ -17,7 +17,7 @@ import numpy as np
 from agent.failpoints import failpoint
 from agent.refine import refine_prompt
 from agent.runtime import Runtime
-from agent.world_data import SOURCE_HELDOUT, SOURCE_TRAIN
+from agent.world_data import SOURCE_HELDOUT, SOURCE_TRAIN, pool_ids
 from reward.base import Score
 from store import read_video, verify, write_video
 
@@ -46,12 +46,21 @@ def timed(rt: Runtime, k: int, stage: str, total: int | None = None) -> Iterator
     rt.store.record_stage_time(rt.run, k, stage, time.perf_counter() - t0)
 
 
-def train_pool_source(rt: Runtime) -> str:
-    return SOURCE_TRAIN if rt.config.data.source == "world" else "train"
+def _pool(rt: Runtime, world_source: str, store_source: str) -> list[dict]:
+    if rt.config.data.source != "world":
+        return rt.store.dataset_prompts(source=store_source)
+    ids = pool_ids(rt.config.data.world, world_source)  # this run's scenes and level, not every world prompt stored
+    return [p for p in rt.store.dataset_prompts(source=world_source) if p["id"] in ids]
 
 
-def heldout_pool_source(rt: Runtime) -> str:
-    return SOURCE_HELDOUT if rt.config.data.source == "world" else "heldout"
+def train_pool(rt: Runtime) -> list[dict]:
+    """The run's training prompts (dataset rows)."""
+    return _pool(rt, SOURCE_TRAIN, "train")
+
+
+def heldout_pool(rt: Runtime) -> list[dict]:
+    """The run's held-out prompts (dataset rows), never trained on."""
+    return _pool(rt, SOURCE_HELDOUT, "heldout")
 
 
 def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[int, str, int]],
@@ -160,7 +169,7 @@ def evaluate_round(rt: Runtime, k: int, *, refine: bool = False, stage: str = "e
     those prompts are stored as their own held-out rows (``idx + REFINED_OFFSET``).
     """
     cfg = rt.config
-    pool = rt.store.dataset_prompts(source=heldout_pool_source(rt))
+    pool = heldout_pool(rt)
     if not pool:
         raise RuntimeError("no held-out prompts in the store")
     offset = REFINED_OFFSET if refine else 0

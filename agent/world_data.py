@@ -28,6 +28,21 @@ def prompt_id(family: str, seed: int, level: int) -> str:
     return f"world:{family}-{seed}:L{level}"
 
 
+def _splits(cfg: WorldDataConfig):
+    return ((SOURCE_TRAIN, 0, cfg.train_scenes_per_family, cfg.train_level),
+            (SOURCE_HELDOUT, HELDOUT_SEED0, cfg.heldout_scenes_per_family, cfg.heldout_level))
+
+
+def pool_ids(cfg: WorldDataConfig, source: str) -> set[str]:
+    """Ids of the prompts a run with this config uses from ``source`` (no rendering).
+
+    Runs with other pool sizes or prompt levels share one store, so a run must pick its own pool
+    out of what the store holds rather than take every world prompt there.
+    """
+    return {prompt_id(family, seed0 + i, level) for src, seed0, n, level in _splits(cfg) if src == source
+            for family in P.FAMILIES for i in range(n)}
+
+
 def world_prompts(cfg: WorldDataConfig, runs_dir: Path) -> list[dict]:
     """Dataset prompt rows (see ``Store.upsert_prompts``) of the configured scene pool.
 
@@ -35,9 +50,7 @@ def world_prompts(cfg: WorldDataConfig, runs_dir: Path) -> list[dict]:
     deterministic; :func:`ensure_world_prompts` checks the stored hashes).
     """
     rows = []
-    splits = ((SOURCE_TRAIN, 0, cfg.train_scenes_per_family, cfg.train_level),
-              (SOURCE_HELDOUT, HELDOUT_SEED0, cfg.heldout_scenes_per_family, cfg.heldout_level))
-    for source, seed0, n, level in splits:
+    for source, seed0, n, level in _splits(cfg):
         for family in P.FAMILIES:
             for i in range(n):
                 scene = sample_scene(family, seed0 + i)

@@ -110,3 +110,21 @@ def test_resume_after_a_node_fails(tmp_path, monkeypatch, finished, stage):
         assert [x[1:] for x in fingerprint(store, "r")] == [x[1:] for x in fingerprint(ref_store, "r")]
     finally:
         store.close()
+
+
+def test_runs_sharing_a_store_keep_their_own_prompt_pools(tmp_path):
+    """A second run with a smaller world pool uses its pool, not every world prompt already stored."""
+    big = start(tmp_path, "big", ["data.world.heldout_scenes_per_family=2", "data.world.train_scenes_per_family=2",
+                                  "rounds=1"])
+    small = start(tmp_path, "small", ["rounds=1"])
+    assert big.data.world.heldout_scenes_per_family == 2 and small.data.world.heldout_scenes_per_family == 1
+    loop.execute("small", small)
+    store = open_store(tmp_path)
+    try:
+        heldout = store.round_prompts("small", 0, "heldout")
+        assert len(heldout) == 4  # one scene per family, not the big run's two
+        assert all(p["prompt_id"].endswith("-500000:L0") for p in heldout)
+        train = {p["prompt_id"] for p in store.round_prompts("small", 1, "train")}
+        assert train and all("-0:L0" in pid for pid in train)
+    finally:
+        store.close()
