@@ -15,6 +15,7 @@ and prints a Markdown table for BENCHMARKS.md.
 
     python bench/compare_objectives.py                 # full: 5 rounds × 3 seeds (hours on 2 cores)
     python bench/compare_objectives.py --quick         # minutes: tiny budget, 1 seed (used by a test)
+    python bench/compare_objectives.py --jobs 2        # two runs at a time (one per core)
     python bench/compare_objectives.py --preset wan2.1-1.3b --variants phygdpo,flow-dpo   # on GPUs
 """
 
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import shutil
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -147,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per variant (default 3, quick 1)")
     ap.add_argument("--variants", default=",".join(ALL), help=f"comma list from {','.join(ALL)}")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once, each in its own process (they share the run database)")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "bench" / "out" / "objectives")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None, help="learning-curve PNG (default bench/objectives*.png)")
@@ -164,9 +169,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg, _ = load_config(args.preset, [*(QUICK if args.quick else []), *args.overrides])
     t0 = time.perf_counter()
-    results = []
-    for seed in range(seeds):
-        for name in variants:
+    todo = [(name, seed) for seed in range(seeds) for name in variants]
+    if args.jobs > 1:
+        n = len(todo)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(run_variant, [v for v, _ in todo], [s for _, s in todo], [args.preset] * n,
+                                    [args.overrides] * n, [args.runs_dir] * n, [args.quick] * n))
+    else:
+        results = []
+        for name, seed in todo:
             print(f"[{time.perf_counter() - t0:6.0f}s] {name} seed {seed}", flush=True)
             results.append(run_variant(name, seed, args.preset, args.overrides, args.runs_dir, args.quick))
     summary = summarise(results, cfg.rounds)
