@@ -1,6 +1,6 @@
 """Rebuild the built-in world's base generator checkpoint (``policy/checkpoints/toy_base.*``).
 
-    python scripts/build_toy_base.py                 # the shipped checkpoint (≈ 26 min on 2 cores)
+    python scripts/build_toy_base.py                 # the shipped checkpoint (≈ 28 min on one core of two)
     python scripts/build_toy_base.py --steps 200 --out /tmp/toy_smoke   # a quick smoke build
 
 What it does:
@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                          "(--no-normalise: video / 127.5 − 1)")
     ap.add_argument("--coords", action=argparse.BooleanOptionalAction, default=DEFAULT_ARCH.coords,
                     help="give the denoiser (t, y, x) coordinate input channels (see policy.toy.coordinate_grid)")
-    ap.add_argument("--patch", type=int, nargs=3, metavar=("T", "H", "W"), default=None,
-                    help=f"patch size (default {DEFAULT_ARCH.patch_size})")
-    ap.add_argument("--heads", type=int, default=None, help=f"attention heads (default {DEFAULT_ARCH.num_heads})")
-    ap.add_argument("--head-dim", type=int, default=None, help=f"head width (default {DEFAULT_ARCH.head_dim})")
-    ap.add_argument("--ffn", type=int, default=None, help=f"feed-forward width (default {DEFAULT_ARCH.ffn_dim})")
-    ap.add_argument("--layers", type=int, default=None, help=f"transformer blocks (default {DEFAULT_ARCH.num_layers})")
+    ap.add_argument("--patch", type=int, nargs=3, metavar=("T", "H", "W"), default=list(DEFAULT_ARCH.patch_size),
+                    help="patch size (default: %(default)s)")
+    ap.add_argument("--heads", type=int, default=DEFAULT_ARCH.num_heads, help="attention heads (default: %(default)s)")
+    ap.add_argument("--head-dim", type=int, default=DEFAULT_ARCH.head_dim, help="head width (default: %(default)s)")
+    ap.add_argument("--ffn", type=int, default=DEFAULT_ARCH.ffn_dim, help="feed-forward width (default: %(default)s)")
+    ap.add_argument("--layers", type=int, default=DEFAULT_ARCH.num_layers, help="transformer blocks (default: %(default)s)")
     ap.add_argument("--logit-mean", type=float, default=DEFAULT_LOGIT_MEAN,
                     help="mean of the logit-normal training-time distribution (> 0 spends more steps at high noise)")
     ap.add_argument("--minutes", type=float, default=30.0,
@@ -120,10 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"rendering {args.scenes} scenes (seeds {TRAIN_SEED_BASE}..{TRAIN_SEED_BASE + args.scenes - 1})", flush=True)
     videos, prompts, _ = build_dataset(args.scenes)
-    arch = replace(DEFAULT_ARCH, prediction=args.prediction, coords=args.coords,
-                   patch_size=tuple(args.patch) if args.patch else DEFAULT_ARCH.patch_size,
-                   num_heads=args.heads or DEFAULT_ARCH.num_heads, head_dim=args.head_dim or DEFAULT_ARCH.head_dim,
-                   ffn_dim=args.ffn or DEFAULT_ARCH.ffn_dim, num_layers=args.layers or DEFAULT_ARCH.num_layers)
+    arch = replace(DEFAULT_ARCH, prediction=args.prediction, coords=args.coords, patch_size=tuple(args.patch),
+                   num_heads=args.heads, head_dim=args.head_dim, ffn_dim=args.ffn, num_layers=args.layers)
     if args.normalise:  # per-channel latent normalisation, like Wan's latents_mean/std
         mean, std = pixel_statistics(videos)
         arch = replace(arch, pixel_mean=mean, pixel_std=std)

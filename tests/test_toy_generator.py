@@ -338,3 +338,24 @@ def test_build_script_quick_build_with_experiment_options(tmp_path):
     assert gen.arch.prediction == "x0-precond" and gen.arch.pixel_std != (127.5, 127.5, 127.5)
     assert gen.metadata["training"]["steps"] == 2 and gen.metadata["training"]["data"]["scenes"] == 8
     assert gen.generate(["a red ball is dropped"], [1], 1)[0][0].video.shape == (12, 32, 32, 3)
+
+
+def test_build_script_defaults_describe_the_shipped_checkpoint():
+    """The script's defaults rebuild what is shipped: same architecture, sampler and training budget."""
+    import importlib.util
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("the shipped base checkpoint has not been built")
+    spec = importlib.util.spec_from_file_location("build_toy_base", ROOT / "scripts" / "build_toy_base.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    shipped = ToyGenerator.from_checkpoint(steps=2).metadata
+    arch = ToyArch.from_dict(shipped["arch"])
+    assert replace(arch, pixel_mean=build.DEFAULT_ARCH.pixel_mean, pixel_std=build.DEFAULT_ARCH.pixel_std) == build.DEFAULT_ARCH
+    assert (arch.pixel_std != build.DEFAULT_ARCH.pixel_std) == build.DEFAULT_NORMALISE
+    t = shipped["training"]
+    assert (t["steps"], t["batch"], t["lr"], t["logit_mean"], t["precision"], t["data"]["scenes"]) == (
+        build.DEFAULT_STEPS, build.DEFAULT_BATCH, build.DEFAULT_LR, build.DEFAULT_LOGIT_MEAN,
+        build.DEFAULT_PRECISION, build.DEFAULT_SCENES)
+    assert shipped["sampling"]["steps"] == build.DEFAULT_SAMPLING.steps
+    assert shipped["sampling"]["guidance"] == build.DEFAULT_SAMPLING.guidance
