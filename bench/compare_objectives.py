@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import platform
 import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _jobs import run_jobs, threads_per_job  # noqa: E402
 
 TRAINED = {
     "sft": ["train.objective='sft'"],
@@ -53,9 +53,10 @@ QUICK = ["rounds=2", "train.steps=6", "plan.prompts_per_round=4", "generate.grou
          "evaluate.clips_per_prompt=1", "generate.toy.steps=6"]
 
 
-def run_variant(name: str, seed: int, preset: str, extra: list[str], runs_dir: Path, quick: bool) -> dict:
+def run_variant(name: str, seed: int, preset: str, extra: list[str], runs_dir: Path, quick: bool,
+                keep: bool = False) -> dict:
     from agent import loop
-    from agent.config import load_config
+    from agent.config import dump, load_config
     from agent.runtime import open_store
 
     overrides = [*(QUICK if quick else []), *extra, f"seed={seed}", f"train.seed={seed}",
@@ -66,9 +67,15 @@ def run_variant(name: str, seed: int, preset: str, extra: list[str], runs_dir: P
         overrides += TRAINED[name]
     cfg, _ = load_config(preset, overrides)
     run = f"{name}-s{seed}"
-    loop.prepare_run(cfg, preset=preset, name=run)
+    reused = keep and _stored_state(runs_dir, run, dump(cfg), baseline_only=name in ("base", "refine-only"))
+    if not reused:
+        loop.prepare_run(cfg, preset=preset, name=run)
     t0 = time.perf_counter()
-    if name in ("base", "refine-only"):
+    if reused == "done":
+        pass  # finished earlier with this exact config: read its metrics below
+    elif reused == "partial" and name not in ("base", "refine-only"):
+        loop.execute(run, cfg, resume=True)
+    elif name in ("base", "refine-only"):
         # only the baseline node: evaluate the base model as written and refined
         from agent.nodes import Nodes
         from agent.runtime import Runtime
@@ -89,7 +96,35 @@ def run_variant(name: str, seed: int, preset: str, extra: list[str], runs_dir: P
         seconds = [m["seconds"] for m in metrics[1:]]
     finally:
         store.close()
-    return {"variant": name, "seed": seed, "curve": curve, "round_seconds": seconds, "wall_seconds": wall}
+    if reused == "done":  # the stored rounds' own times, not this process's
+        wall = sum(s for s in seconds if s is not None)
+    return {"variant": name, "seed": seed, "curve": curve, "round_seconds": seconds, "wall_seconds": wall,
+            "reused": reused or None}
+
+
+def _stored_state(runs_dir: Path, run: str, config: dict, baseline_only: bool) -> str | None:
+    """'done' / 'partial' for a run stored under ``runs_dir`` with exactly ``config``, else None.
+
+    ``baseline_only`` runs (base, refine-only) are done once their round 0 is.  A stored run with
+    another config is an error: reusing it would mix budgets in one table.
+    """
+    from agent.runtime import open_store
+    from store import default_db_path
+
+    if not default_db_path(runs_dir).exists():
+        return None
+    store = open_store(runs_dir)
+    try:
+        row = store.get_run(run)
+        if row is None:
+            return None
+        if row["config"] != config:
+            raise SystemExit(f"--keep: stored run {run!r} under {runs_dir} has another config; "
+                             "drop --keep to start afresh")
+        done = 0 in store.completed_rounds(run) if baseline_only else row["status"] == "done"
+        return "done" if done else "partial"
+    finally:
+        store.close()
 
 
 def summarise(results: list[dict], rounds: int) -> dict:
@@ -152,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at once, each in its own process (they share the run database)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep --runs-dir: reuse runs finished there with the same config, resume unfinished "
+                         "ones (default: start afresh)")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "bench" / "out" / "objectives")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None, help="learning-curve PNG (default bench/objectives*.png)")
@@ -163,28 +201,21 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = args.seeds or (1 if args.quick else 3)
     suffix = "_quick" if args.quick else ""
     out = args.out or ROOT / "bench" / "results" / f"objectives{suffix}.json"
-    if args.runs_dir.exists():
+    if args.runs_dir.exists() and not args.keep:
         shutil.rmtree(args.runs_dir)
     from agent.config import load_config
 
     cfg, _ = load_config(args.preset, [*(QUICK if args.quick else []), *args.overrides])
     t0 = time.perf_counter()
-    todo = [(name, seed) for seed in range(seeds) for name in variants]
-    if args.jobs > 1:
-        n = len(todo)
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(run_variant, [v for v, _ in todo], [s for _, s in todo], [args.preset] * n,
-                                    [args.overrides] * n, [args.runs_dir] * n, [args.quick] * n))
-    else:
-        results = []
-        for name, seed in todo:
-            print(f"[{time.perf_counter() - t0:6.0f}s] {name} seed {seed}", flush=True)
-            results.append(run_variant(name, seed, args.preset, args.overrides, args.runs_dir, args.quick))
+    todo = [(name, seed, args.preset, args.overrides, args.runs_dir, args.quick, args.keep)
+            for seed in range(seeds) for name in variants]
+    results = run_jobs(run_variant, todo, args.jobs, label=lambda a: f"{a[0]} seed {a[1]}")
     summary = summarise(results, cfg.rounds)
     doc = {"benchmark": "objective comparison", "date": date.today().isoformat(),
            "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, "
                       f"{__import__('os').cpu_count()} cores",
            "command": "python bench/compare_objectives.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "jobs": args.jobs, "threads_per_job": threads_per_job(args.jobs) if args.jobs > 1 else None,
            "preset": args.preset, "quick": args.quick, "seeds": seeds, "rounds": cfg.rounds,
            "wall_seconds": time.perf_counter() - t0, "summary": summary, "runs": results}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ dashboard, LangGraph checkpointing. Goal: ≤ 2 % of a round.
 
     python bench/cost_profile.py                      # runs `agent run --rounds 2` on the built-in world
     python bench/cost_profile.py --run NAME --runs-dir runs   # profile an existing run
+    python bench/cost_profile.py --run A --run B --runs-dir DIR   # several runs, pooled
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ sys.path.insert(0, str(ROOT))
 STAGES = ("plan", "refine", "generate", "judge", "train", "evaluate", "checkpoint")
 
 
-def profile(store, run: str) -> dict:
+def profile(store, runs: str | list[str]) -> dict:
     rounds = []
-    for m in store.round_metrics(run):
+    for run, m in ((r, m) for r in ([runs] if isinstance(runs, str) else runs) for m in store.round_metrics(r)):
         if m["round"] == 0 or not m["seconds"]:
             continue
         st = m["stage_times"]
         wall = m["seconds"]
         model, judge = st.get("profile:model", 0.0), st.get("profile:judge", 0.0)
         rounds.append({
-            "round": m["round"], "seconds": wall,
+            "run": run, "round": m["round"], "seconds": wall,
             "stage_share": {s: st.get(s, 0.0) / wall for s in STAGES},
             "model_seconds": model, "judge_seconds": judge,
             "overhead_seconds": wall - model - judge, "overhead_share": (wall - model - judge) / wall,
@@ -51,7 +52,8 @@ def profile(store, run: str) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", help="profile this existing run instead of starting one")
+    ap.add_argument("--run", action="append", default=None,
+                    help="profile this existing run instead of starting one (repeat to pool several)")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "bench" / "out" / "cost")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--rounds", type=int, default=2)
@@ -68,10 +70,10 @@ def main(argv=None):
         if args.runs_dir.exists():
             shutil.rmtree(args.runs_dir)
         cfg, _ = load_config(args.preset, [f"rounds={args.rounds}", f"runs_dir='{args.runs_dir}'", *args.overrides])
-        run = "profile"
-        loop.prepare_run(cfg, preset=args.preset, name=run)
+        run = ["profile"]
+        loop.prepare_run(cfg, preset=args.preset, name=run[0])
         t0 = time.perf_counter()
-        loop.execute(run, cfg)
+        loop.execute(run[0], cfg)
         print(f"run took {time.perf_counter() - t0:.0f}s")
     store = open_store(args.runs_dir)
     try:
@@ -82,7 +84,7 @@ def main(argv=None):
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS="
                            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}",
                 "command": "python bench/cost_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "preset": args.preset, "run": run})
+                "preset": args.preset, "runs": run})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
     print("| stage | share of round time |\n|---|---|")

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _jobs import run_jobs  # noqa: E402
 
 QUICK = ["rounds=2", "train.steps=6", "plan.prompts_per_round=4", "generate.group_size=2",
          "data.world.train_scenes_per_family=2", "data.world.heldout_scenes_per_family=2",
@@ -75,15 +75,8 @@ def main(argv=None):
     if args.runs_dir.exists():
         shutil.rmtree(args.runs_dir)
     t0 = time.perf_counter()
-    todo = [(strategy, seed) for seed in range(seeds) for strategy in ("difficulty", "uniform")]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            runs = list(pool.map(one, *zip(*todo), [args] * len(todo)))
-    else:
-        runs = []
-        for strategy, seed in todo:
-            print(f"[{time.perf_counter() - t0:6.0f}s] {strategy} seed {seed}", flush=True)
-            runs.append(one(strategy, seed, args))
+    todo = [(strategy, seed, args) for seed in range(seeds) for strategy in ("difficulty", "uniform")]
+    runs = run_jobs(one, todo, args.jobs, label=lambda a: f"{a[0]} seed {a[1]}")
 
     summary = {}
     for strategy in ("difficulty", "uniform"):

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -23,3 +25,59 @@ def test_compare_objectives_quick(tmp_path):
         assert all(p["mean"] is not None and 0.0 <= p["mean"] <= 1.0 for p in s["per_round"])
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert doc["wall_seconds"] > 0
+    # --keep reuses the finished runs (same config) instead of running them again ...
+    again = compare_objectives.main(["--quick", "--variants", "base,refine-only,phygdpo,flow-dpo", "--keep",
+                                     "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "again.json"),
+                                     "--plot", str(tmp_path / "again.png"),
+                                     "--set", "train.steps=2", "--set", "rounds=1"])
+    assert [r["reused"] for r in again["runs"]] == ["done"] * 4
+    assert [r["curve"] for r in again["runs"]] == [r["curve"] for r in doc["runs"]]
+    # ... and refuses a stored run whose config differs, rather than mixing budgets in one table
+    with pytest.raises(SystemExit, match="another config"):
+        compare_objectives.main(["--quick", "--variants", "phygdpo", "--keep", "--runs-dir", str(tmp_path / "runs"),
+                                 "--out", str(tmp_path / "other.json"), "--plot", str(tmp_path / "other.png"),
+                                 "--set", "train.steps=3", "--set", "rounds=1"])
+
+
+def test_cost_profile_on_a_smoke_run(tmp_path):
+    import cost_profile
+
+    out = tmp_path / "cost.json"
+    doc = cost_profile.main(["--preset", "smoke", "--rounds", "1", "--runs-dir", str(tmp_path / "runs"),
+                             "--out", str(out)])
+    assert json.loads(out.read_text())["runs"] == ["profile"]
+    assert [r["round"] for r in doc["rounds"]] == [1]
+    # every second of the round is model compute, judge calls or the loop's own overhead
+    assert doc["model_share"] + doc["judge_share"] + doc["overhead_share"] == pytest.approx(1.0)
+    assert doc["model_share"] > 0.5 and 0.0 <= doc["overhead_share"] < 0.5
+    # the stages partition the round (up to the time between them)
+    assert 0.9 < sum(doc["stage_share"].values()) <= 1.0 + 1e-9
+    # pooling a run with itself leaves every share unchanged
+    from agent.runtime import open_store
+
+    store = open_store(tmp_path / "runs")
+    try:
+        pooled = cost_profile.profile(store, ["profile", "profile"])
+    finally:
+        store.close()
+    assert pooled["overhead_share"] == pytest.approx(doc["overhead_share"])
+
+
+def _threads_seen(k: int) -> tuple[int, int, str | None]:
+    import os
+
+    import torch
+
+    return k, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+
+
+def test_run_jobs_splits_the_cores_and_keeps_the_order(monkeypatch):
+    import os
+
+    from _jobs import run_jobs
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    got = run_jobs(_threads_seen, [(k,) for k in range(4)], jobs=2, label=lambda a: f"job {a[0]}")
+    want = max(1, (os.cpu_count() or 1) // 2)
+    assert got == [(k, want, str(want)) for k in range(4)]
+    assert "OMP_NUM_THREADS" not in os.environ  # the caller's environment is left as it was
