@@ -154,28 +154,50 @@ def table(summary: dict, rounds: int) -> str:
     return "\n".join(lines)
 
 
+OBJECTIVES = ("sft", "rwr", "flow-dpo", "phygdpo", "gdpo-full")
+ABLATIONS = ("phygdpo", "phygdpo-no-pgr", "phygdpo-full-copy", "phygdpo-distil")
+COLOURS = {"sft": "tab:blue", "rwr": "tab:orange", "flow-dpo": "tab:green", "phygdpo": "tab:red",
+           "gdpo-full": "tab:purple", "phygdpo-no-pgr": "tab:olive", "phygdpo-full-copy": "black",
+           "phygdpo-distil": "tab:cyan"}
+
+
 def plot(summary: dict, rounds: int, path: Path) -> None:
+    """Two panels: the objectives, and PhyGDPO's ablations; the baselines as dashed lines in both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     xs = list(range(rounds + 1))
-    for name, s in summary.items():
-        mean = [None if p["mean"] is None else 100 * p["mean"] for p in s["per_round"]]
-        sd = [100 * p["sd"] for p in s["per_round"]]
-        style = "--" if name in ("base", "refine-only") else "-"
-        ax.plot(xs, mean, style, marker="o" if style == "-" else None, label=name)
-        if style == "-" and all(m is not None for m in mean):
-            ax.fill_between(xs, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)], alpha=0.12)
-    ax.set_xlabel("round")
-    ax.set_ylabel("held-out joint success (%)")
-    ax.set_title("built-in world: objectives (mean ± sd over seeds)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    panels = (("objectives", OBJECTIVES), ("PhyGDPO ablations", ABLATIONS))
+    for ax, (title, names) in zip(axes, panels):
+        shown = [n for n in names if n in summary] or [n for n in summary if n not in ("base", "refine-only")]
+        for k, name in enumerate(["base", "refine-only", *shown]):
+            if name not in summary:
+                continue
+            s = summary[name]
+            mean = [None if p["mean"] is None else 100 * p["mean"] for p in s["per_round"]]
+            sd = [100 * p["sd"] for p in s["per_round"]]
+            if name in ("base", "refine-only"):
+                ax.plot(xs, mean, "--", color="grey" if name == "base" else "tab:brown", lw=1, label=name)
+                continue
+            # identical curves (e.g. the full-copy reference) stay visible: thinner, dotted, on top
+            style = dict(lw=1.2, ls=":", marker="x") if name == "phygdpo-full-copy" else dict(lw=2, marker="o")
+            line, = ax.plot(xs, mean, label=name, zorder=3 + k, color=COLOURS.get(name), **style)
+            if all(m is not None for m in mean):
+                ax.fill_between(xs, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
+                                color=line.get_color(), alpha=0.10)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("held-out joint success (%), mean ± sd over seeds")
+    fig.suptitle("built-in world: PhyGDPO and alternatives, same prompts and budget")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:
