@@ -81,3 +81,13 @@ def test_run_jobs_splits_the_cores_and_keeps_the_order(monkeypatch):
     want = max(1, (os.cpu_count() or 1) // 2)
     assert got == [(k, want, str(want)) for k in range(4)]
     assert "OMP_NUM_THREADS" not in os.environ  # the caller's environment is left as it was
+
+
+def test_text_probe_finds_the_swapped_token(tmp_path):
+    import text_probe
+
+    doc = text_probe.main(["--scenes", "3", "--out", str(tmp_path / "probe.json")])
+    assert doc["summary"].keys() == {"horizontal position", "vertical position", "colour"}
+    for s in doc["summary"].values():
+        assert s["pairs"] == 3
+        assert s["swapped_token"] > 2 * s["other_tokens"] > 0  # the change peaks at the swapped word
