@@ -16,6 +16,7 @@ and prints a Markdown table for BENCHMARKS.md.
     python bench/compare_objectives.py                 # full: 5 rounds × 3 seeds (hours on 2 cores)
     python bench/compare_objectives.py --quick         # minutes: tiny budget, 1 seed (used by a test)
     python bench/compare_objectives.py --jobs 2        # two runs at a time (one per core)
+    python bench/compare_objectives.py --keep          # reuse finished runs in --runs-dir, resume the rest
     python bench/compare_objectives.py --preset wan2.1-1.3b --variants phygdpo,flow-dpo   # on GPUs
 """
 
