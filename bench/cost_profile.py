@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 STAGES = ("plan", "refine", "generate", "judge", "train", "evaluate", "checkpoint")
 
 
-def profile(store, runs: str | list[str]) -> dict:
+def profile(store, runs: list[str]) -> dict:
+    """Round time split by stage and by model / judge / overhead, pooled over the rounds of ``runs``."""
     rounds = []
-    for run, m in ((r, m) for r in ([runs] if isinstance(runs, str) else runs) for m in store.round_metrics(r)):
+    for run, m in [(r, m) for r in runs for m in store.round_metrics(r)]:
         if m["round"] == 0 or not m["seconds"]:
             continue
         st = m["stage_times"]
