@@ -45,6 +45,11 @@ class PretrainConfig:
     timesteps: Literal["uniform", "logit-normal"] = "logit-normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    # SD3/Wan timestep shift applied to every drawn t: t' = s·t / (1 + (s − 1)·t); s > 1 moves mass to high noise
+    timestep_shift: float = 1.0
+    # fraction of each batch whose t is drawn uniformly from [high_noise_min, 1) instead
+    high_noise_fraction: float = 0.0
+    high_noise_min: float = 0.9
     seed: int = 0
     log_every: int = 50
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (fp32 master weights), ~3× faster on AMX CPUs
@@ -58,6 +63,11 @@ class PretrainConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.timesteps not in ("uniform", "logit-normal"):
             raise ValueError(f"timesteps must be 'uniform' or 'logit-normal', got {self.timesteps!r}")
+        if self.timestep_shift <= 0:
+            raise ValueError(f"timestep_shift must be > 0, got {self.timestep_shift}")
+        if not 0.0 <= self.high_noise_fraction <= 1.0 or not 0.0 <= self.high_noise_min < 1.0:
+            raise ValueError(f"high_noise_fraction must be in [0, 1] and high_noise_min in [0, 1), got "
+                             f"{self.high_noise_fraction}, {self.high_noise_min}")
 
 
 def cosine_lr(step: int, cfg: PretrainConfig) -> float:
@@ -69,9 +79,22 @@ def cosine_lr(step: int, cfg: PretrainConfig) -> float:
 
 
 def sample_t(n: int, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Training times: uniform or logit-normal, then shifted, then a fraction replaced by high-noise draws.
+
+    The extra draws happen only when a fraction is set, so configs without one reproduce older builds.
+    """
     if cfg.timesteps == "uniform":
-        return torch.rand(n, generator=generator)
-    return torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
+        t = torch.rand(n, generator=generator)
+    else:
+        t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
+    if cfg.timestep_shift != 1.0:
+        s = cfg.timestep_shift
+        t = s * t / (1.0 + (s - 1.0) * t)
+    if cfg.high_noise_fraction > 0.0:
+        pick = torch.rand(n, generator=generator) < cfg.high_noise_fraction
+        high = cfg.high_noise_min + (1.0 - cfg.high_noise_min) * torch.rand(n, generator=generator)
+        t = torch.where(pick, high, t)
+    return t
 
 
 def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor,

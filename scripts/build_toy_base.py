@@ -67,6 +67,8 @@ DEFAULT_BATCH = 16
 DEFAULT_LR = 1e-3
 DEFAULT_PRECISION = "bf16"
 DEFAULT_LOGIT_MEAN = 0.3
+DEFAULT_T_SHIFT = 1.0
+DEFAULT_HIGH_NOISE = (0.0, 0.9)
 DEFAULT_SAMPLING = SampleConfig(steps=16, shift=1.0, guidance=1.0)
 
 
@@ -112,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=DEFAULT_ARCH.num_layers, help="transformer blocks (default: %(default)s)")
     ap.add_argument("--logit-mean", type=float, default=DEFAULT_LOGIT_MEAN,
                     help="mean of the logit-normal training-time distribution (> 0 spends more steps at high noise)")
+    ap.add_argument("--t-shift", type=float, default=DEFAULT_T_SHIFT,
+                    help="timestep shift s applied to the training times, t' = s·t / (1 + (s − 1)·t) (default: %(default)s)")
+    ap.add_argument("--high-noise", type=float, nargs=2, metavar=("FRACTION", "T_MIN"), default=list(DEFAULT_HIGH_NOISE),
+                    help="draw this fraction of training times uniformly from [T_MIN, 1) (default: %(default)s)")
+    ap.add_argument("--sample-shift", type=float, default=DEFAULT_SAMPLING.shift,
+                    help="the checkpoint's default sampling shift (default: %(default)s)")
     ap.add_argument("--minutes", type=float, default=30.0,
                     help="wall budget: warns when the projected build time exceeds it (training still "
                          "stops by steps, so the result does not depend on machine speed)")
@@ -128,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         arch = replace(arch, pixel_mean=mean, pixel_std=std)
     print(f"  {time.perf_counter() - t_start:.0f}s; latent = (pixel − {arch.pixel_mean}) / {arch.pixel_std}", flush=True)
 
-    gen = ToyGenerator.random(arch, seed=args.seed, sampling=DEFAULT_SAMPLING, text_encoder=TextEncoder(arch.text_len))
+    gen = ToyGenerator.random(arch, seed=args.seed, sampling=replace(DEFAULT_SAMPLING, shift=args.sample_shift),
+                              text_encoder=TextEncoder(arch.text_len))
     n_params = sum(p.numel() for p in gen.transformer.parameters())
     print(f"model: {n_params / 1e6:.2f} M params, {arch.tokens} tokens per clip", flush=True)
 
     cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, precision=args.precision,
-                         logit_mean=args.logit_mean)
+                         logit_mean=args.logit_mean, timestep_shift=args.t_shift,
+                         high_noise_fraction=args.high_noise[0], high_noise_min=args.high_noise[1])
     budget_s = args.minutes * 60.0
     warned = False
 

@@ -91,3 +91,21 @@ def test_text_probe_finds_the_swapped_token(tmp_path):
     for s in doc["summary"].values():
         assert s["pairs"] == 3
         assert s["swapped_token"] > 2 * s["other_tokens"] > 0  # the change peaks at the swapped word
+
+
+def test_position_following_probe_names_every_region_and_tracks_the_ball(tmp_path):
+    import position_following as pf
+
+    from reward.world.intent import parse_prompt
+
+    for h in pf.HORIZ:
+        for v in pf.VERT:
+            prompt = pf.region_prompt("red", h, v)
+            assert f"the {v} {h} of the frame" in prompt
+            assert parse_prompt(prompt).start == (h, v)  # the judge reads the region the probe meant
+    out = tmp_path / "pf.json"
+    assert pf.main(["--clips", "1", "--colours", "red", "--threads", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert len(doc["rows"]) == len(pf.HORIZ) * len(pf.VERT)
+    assert all(r["found"] == 1 and r["mean_x"] is not None for r in doc["rows"])  # the shipped base draws a ball
+    assert set(doc["summary"]["mean_x_by_horiz"]) == set(pf.HORIZ)

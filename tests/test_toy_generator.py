@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from policy.base import Generator
-from policy.pretrain import PretrainConfig, cosine_lr, pretrain
+from policy.pretrain import PretrainConfig, cosine_lr, pretrain, sample_t
 from policy.text import TEXT_DIM, TextEncoder, embed_sentences
 from policy.toy import (
     DEFAULT_CHECKPOINT,
@@ -297,6 +297,31 @@ def test_cosine_lr_schedule():
     assert cosine_lr(99, cfg) == pytest.approx(1e-5, rel=0.05)
 
 
+def test_training_times_shift_and_high_noise_share():
+    """The shift maps t to s·t/(1+(s−1)·t) draw by draw; the high-noise share lands in [t_min, 1)."""
+    n = 20000
+    base = sample_t(n, PretrainConfig(logit_mean=0.3), torch.Generator().manual_seed(0))
+    shifted = sample_t(n, PretrainConfig(logit_mean=0.3, timestep_shift=2.0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shifted, 2.0 * base / (1.0 + base))
+    # the median moves from sigmoid(0.3) = 0.574 to 2·0.574/1.574 = 0.730
+    assert float(base.median()) == pytest.approx(0.574, abs=0.01)
+    assert float(shifted.median()) == pytest.approx(0.730, abs=0.01)
+
+    mixed = sample_t(n, PretrainConfig(logit_mean=0.3, high_noise_fraction=0.2, high_noise_min=0.85),
+                     torch.Generator().manual_seed(0))
+    # logit-normal(0.3, 1) puts P(t ≥ 0.85) = P(z ≥ logit(0.85) − 0.3) = 7.6 % there; the mixture 0.2 + 0.8·7.6 %
+    assert float((base >= 0.85).float().mean()) == pytest.approx(0.076, abs=0.01)
+    assert float((mixed >= 0.85).float().mean()) == pytest.approx(0.2 + 0.8 * 0.076, abs=0.015)
+    assert float(mixed.max()) < 1.0 and float(mixed.min()) > 0.0
+    # without a fraction no extra random numbers are drawn: older configs reproduce their draws
+    torch.testing.assert_close(sample_t(n, PretrainConfig(logit_mean=0.3, high_noise_min=0.5),
+                                        torch.Generator().manual_seed(0)), base)
+    with pytest.raises(ValueError, match="timestep_shift"):
+        PretrainConfig(timestep_shift=0.0)
+    with pytest.raises(ValueError, match="high_noise_fraction"):
+        PretrainConfig(high_noise_fraction=1.5)
+
+
 def test_pretrain_reduces_loss(gen):
     rng = np.random.default_rng(0)
     videos = np.zeros((6, 4, 16, 16, 3), np.uint8)
@@ -357,5 +382,9 @@ def test_build_script_defaults_describe_the_shipped_checkpoint():
     assert (t["steps"], t["batch"], t["lr"], t["logit_mean"], t["precision"], t["data"]["scenes"]) == (
         build.DEFAULT_STEPS, build.DEFAULT_BATCH, build.DEFAULT_LR, build.DEFAULT_LOGIT_MEAN,
         build.DEFAULT_PRECISION, build.DEFAULT_SCENES)
+    # older checkpoints predate the timestep shift and the high-noise share: their absence means off
+    assert t.get("timestep_shift", 1.0) == build.DEFAULT_T_SHIFT
+    assert (t.get("high_noise_fraction", 0.0), t.get("high_noise_min", 0.9)) == tuple(build.DEFAULT_HIGH_NOISE)
+    assert shipped["sampling"]["shift"] == build.DEFAULT_SAMPLING.shift
     assert shipped["sampling"]["steps"] == build.DEFAULT_SAMPLING.steps
     assert shipped["sampling"]["guidance"] == build.DEFAULT_SAMPLING.guidance
