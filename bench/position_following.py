@@ -54,7 +54,8 @@ def measure(gen, judge, colour: str, prompt: str, seeds: list[int], sampling) ->
             found += 1
             xs.append(start[0])
             ys.append(start[1])
-        passed += all(c.passed for c in j.checks if c.name == "start_region")
+        # a clip without the ball has no start-region check, and it does not count as a pass
+        passed += bool(start) and all(c.passed for c in j.checks if c.name == "start_region")
     return {"clips": len(seeds), "found": found, "start_region_pass": round(passed / len(seeds), 4),
             "mean_x": round(statistics.fmean(xs), 2) if xs else None,
             "sd_x": round(statistics.pstdev(xs), 2) if xs else None,
