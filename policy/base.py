@@ -24,6 +24,14 @@ import numpy as np
 import torch
 
 
+def shift_times(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan/SD3 timestep shift ``t' = s·t / (1 + (s − 1)·t)``: ``s > 1`` moves flow times towards noise (t = 1).
+
+    One formula for the sampler's schedule, pretraining's and the trainer's training times.
+    """
+    return t if shift == 1.0 else shift * t / (1.0 + (shift - 1.0) * t)
+
+
 @dataclass
 class Generated:
     """One generated clip and what training needs to use it without re-encoding."""

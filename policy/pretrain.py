@@ -28,6 +28,8 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from policy.base import shift_times
+
 Log = Callable[[str], None]
 
 
@@ -87,9 +89,7 @@ def sample_t(n: int, cfg: PretrainConfig, generator: torch.Generator) -> torch.T
         t = torch.rand(n, generator=generator)
     else:
         t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
-    if cfg.timestep_shift != 1.0:
-        s = cfg.timestep_shift
-        t = s * t / (1.0 + (s - 1.0) * t)
+    t = shift_times(t, cfg.timestep_shift)
     if cfg.high_noise_fraction > 0.0:
         pick = torch.rand(n, generator=generator) < cfg.high_noise_fraction
         high = cfg.high_noise_min + (1.0 - cfg.high_noise_min) * torch.rand(n, generator=generator)

@@ -38,7 +38,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
-from policy.base import AdapterIO, Generated, TrainingInputs
+from policy.base import AdapterIO, Generated, TrainingInputs, shift_times
 from policy.text import TEXT_DIM, TextEncoder
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -224,9 +224,7 @@ def build_transformer(arch: ToyArch, seed: int | None = 0) -> WanTransformer3DMo
 
 def sigma_schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
     """``steps + 1`` noise levels from 1 to 0, shifted towards high noise when ``shift > 1``."""
-    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    s = shift * s / (1.0 + (shift - 1.0) * s)
-    return s.to(torch.float32)
+    return shift_times(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).to(torch.float32)
 
 
 _UNIT = (127.5, 127.5, 127.5)

@@ -61,7 +61,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from policy import objectives as obj
-from policy.base import GroupSample
+from policy.base import GroupSample, shift_times
 from policy.lora import (ADAPTER_NAME, WEIGHT_NAME, ReferenceMode, attach_lora, load_adapter, lora_config,
                          lora_named_parameters, lora_parameters, lora_state_dict, make_reference, read_adapter,
                          save_adapter)
@@ -158,8 +158,7 @@ def sample_timesteps(n: int, config: TrainConfig, generator: torch.Generator) ->
         t = torch.rand(n, generator=generator)
     else:
         t = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(n, generator=generator))
-    s = config.timestep_shift
-    return t if s == 1.0 else s * t / (1.0 + (s - 1.0) * t)
+    return shift_times(t, config.timestep_shift)
 
 
 @dataclass
