@@ -9,7 +9,8 @@ user-style prompts as well as prompts that state the motion and the physics), no
 
 With probability ``prompt_dropout`` the conditioning is replaced by zeros, which teaches the
 unconditional velocity that classifier-free guidance needs. ``t`` is uniform or logit-normal
-(SD3's choice, which spends the budget on mid-range noise where the velocity is hardest).
+(SD3's choice, which spends the budget on mid-range noise where the velocity is hardest), optionally
+shifted towards high noise, and the loss can be weighted towards high noise (``x0_weight``).
 AdamW with linear warm-up and cosine decay. Everything is seeded: the same inputs and config
 give the same weights on the same machine.
 
@@ -52,6 +53,13 @@ class PretrainConfig:
     # fraction of each batch whose t is drawn uniformly from [high_noise_min, 1) instead
     high_noise_fraction: float = 0.0
     high_noise_min: float = 0.9
+    # per-sample loss weight w(t) = 1 + x0_weight·t²: the velocity error at time t is the x0 error over t,
+    # so the plain loss (0) weighs a high-noise x0 error ~1/t² less than a low-noise one; large values
+    # approach an x0 loss, which is where the text decides the layout (where the object starts)
+    x0_weight: float = 0.0
+    # probability of each prompt position (e.g. short, motion, physics) per clip; None: uniform. Real
+    # text-to-video pretraining is mostly on dense captions, so short user prompts are rarer
+    prompt_weights: tuple[float, ...] | None = None
     seed: int = 0
     log_every: int = 50
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (fp32 master weights), ~3× faster on AMX CPUs
@@ -70,6 +78,11 @@ class PretrainConfig:
         if not 0.0 <= self.high_noise_fraction <= 1.0 or not 0.0 <= self.high_noise_min < 1.0:
             raise ValueError(f"high_noise_fraction must be in [0, 1] and high_noise_min in [0, 1), got "
                              f"{self.high_noise_fraction}, {self.high_noise_min}")
+        if self.prompt_weights is not None and (any(w < 0 for w in self.prompt_weights)
+                                                or not math.isclose(sum(self.prompt_weights), 1.0, abs_tol=1e-6)):
+            raise ValueError(f"prompt_weights must be non-negative and sum to 1, got {self.prompt_weights}")
+        if self.x0_weight < 0:
+            raise ValueError(f"x0_weight must be ≥ 0, got {self.x0_weight}")
 
 
 def cosine_lr(step: int, cfg: PretrainConfig) -> float:
@@ -98,8 +111,13 @@ def sample_t(n: int, cfg: PretrainConfig, generator: torch.Generator) -> torch.T
 
 
 def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor,
-                       noise: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """Mean squared velocity error of a batch at times ``t`` with the given noise (always in fp32)."""
+                       noise: torch.Tensor, precision: str = "fp32", x0_weight: float = 0.0) -> torch.Tensor:
+    """Mean squared velocity error of a batch at times ``t`` with the given noise (always in fp32).
+
+    With ``x0_weight`` λ > 0 each clip's error is weighted by ``1 + λ·t²`` (``λ·t²·‖Δv‖² = λ·‖Δx0‖²``:
+    the added term is the clean-clip error), and the batch mean is divided by the mean weight so the
+    loss keeps its scale.
+    """
     tt = t.view(-1, 1, 1, 1, 1)
     x_t = (1.0 - tt) * x0 + tt * noise
     with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"), \
@@ -107,7 +125,11 @@ def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, text: tor
         # Wan's fp32 RMSNorm weights on bf16 activations: torch falls back to the unfused kernel
         warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
         v = transformer(hidden_states=x_t, timestep=t * 1000.0, encoder_hidden_states=text, return_dict=False)[0]
-    return torch.mean((v.float() - (noise - x0)) ** 2)
+    err = (v.float() - (noise - x0)) ** 2
+    if x0_weight == 0.0:
+        return torch.mean(err)
+    w = 1.0 + x0_weight * t.float() ** 2
+    return torch.sum(err.flatten(1).mean(1) * w) / torch.sum(w)
 
 
 def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence[Sequence[str]],
@@ -117,7 +139,7 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
     """Train ``transformer`` in place on ``videos`` (uint8 ``(N, T, H, W, 3)``); returns per-step losses.
 
     ``prompts[i]`` lists the prompts of clip ``i`` (any number ≥ 1, e.g. the three detail levels);
-    each step uses one of them, uniformly. ``encode`` maps a list of prompts to ``(B, L, D)``
+    each step uses one of them, uniformly or by ``config.prompt_weights``. ``encode`` maps a list of prompts to ``(B, L, D)``
     token embeddings; it is called once on the distinct prompts. ``on_step(step)`` (1-based) runs
     after every optimizer step (snapshots, custom stopping checks in experiments). ``to_latents``
     maps a uint8 batch ``(B, T, H, W, 3)`` to ``(B, C, T, H, W)`` (default: ``video / 127.5 − 1``;
@@ -143,6 +165,15 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
         def to_latents(batch: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(batch).to(torch.float32).div_(127.5).sub_(1.0).permute(0, 4, 1, 2, 3)
 
+    pw = {}  # prompt probabilities per number of prompts a clip has
+    if config.prompt_weights is not None:
+        for n in {len(p) for p in ids}:
+            if n > len(config.prompt_weights):
+                raise ValueError(f"a clip has {n} prompts but prompt_weights has {len(config.prompt_weights)}")
+            w = np.asarray(config.prompt_weights[:n], dtype=np.float64)
+            if w.sum() <= 0:
+                raise ValueError(f"prompt_weights give zero probability to clips with {n} prompts")
+            pw[n] = w / w.sum()
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -155,7 +186,10 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
         for group in opt.param_groups:
             group["lr"] = lr
         rows = rng.integers(0, len(videos), size=config.batch)
-        text_ids = [ids[r][int(rng.integers(len(ids[r])))] for r in rows]
+        if config.prompt_weights is None:
+            text_ids = [ids[r][int(rng.integers(len(ids[r])))] for r in rows]
+        else:
+            text_ids = [ids[r][int(rng.choice(len(ids[r]), p=pw[len(ids[r])]))] for r in rows]
         drop = rng.random(config.batch) < config.prompt_dropout
         text_ids = [null_id if d else k for k, d in zip(text_ids, drop)]
         x0 = to_latents(videos[rows])
@@ -163,7 +197,7 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
         t = sample_t(config.batch, config, gen)
         noise = torch.randn(x0.shape, generator=gen)
 
-        loss = flow_matching_loss(transformer, x0, text, t, noise, config.precision)
+        loss = flow_matching_loss(transformer, x0, text, t, noise, config.precision, config.x0_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:

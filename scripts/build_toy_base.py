@@ -10,6 +10,9 @@ What it does:
 2. pretrains a fresh ``ToyArch`` denoiser with the rectified-flow objective
    (:func:`policy.pretrain.pretrain`), each step using one of the scene's three prompts (short,
    motion, physics), 10 % prompt dropout for classifier-free guidance;
+   With ``--layout-steps N`` a layout phase comes first: N steps whose training times are all drawn
+   from [``--layout-min``, 1), the noise levels where only the prompt can say where things start, then
+   the ``--steps`` main phase (fresh optimizer and schedule, batch seed ``--seed`` + 1);
 3. writes ``<out>.safetensors`` (fp32 weights) and ``<out>.json`` (architecture, sampling
    defaults, training config, data seeds, final loss, wall time) atomically.
 
@@ -69,6 +72,9 @@ DEFAULT_PRECISION = "bf16"
 DEFAULT_LOGIT_MEAN = 0.3
 DEFAULT_T_SHIFT = 1.0
 DEFAULT_HIGH_NOISE = (0.0, 0.9)
+DEFAULT_X0_WEIGHT = 0.0
+DEFAULT_PROMPT_WEIGHTS = None  # uniform over (short, motion, physics)
+DEFAULT_LAYOUT = (0, 0.9)  # (steps, t_min) of the layout phase; 0 steps: none
 DEFAULT_SAMPLING = SampleConfig(steps=16, shift=1.0, guidance=1.0)
 
 
@@ -118,12 +124,28 @@ def main(argv: list[str] | None = None) -> int:
                     help="timestep shift s applied to the training times, t' = s·t / (1 + (s − 1)·t) (default: %(default)s)")
     ap.add_argument("--high-noise", type=float, nargs=2, metavar=("FRACTION", "T_MIN"), default=list(DEFAULT_HIGH_NOISE),
                     help="draw this fraction of training times uniformly from [T_MIN, 1) (default: %(default)s)")
+    ap.add_argument("--x0-weight", type=float, default=DEFAULT_X0_WEIGHT,
+                    help="weight each clip's loss by 1 + X·t², adding X × the clean-clip error (default: %(default)s)")
+    ap.add_argument("--prompt-weights", type=float, nargs=3, metavar=("SHORT", "MOTION", "PHYSICS"),
+                    default=DEFAULT_PROMPT_WEIGHTS,
+                    help="how often each prompt level is trained on (default: uniform)")
+    ap.add_argument("--layout-steps", type=int, default=DEFAULT_LAYOUT[0], metavar="N",
+                    help="train N steps at high noise only before the main phase (default: %(default)s, none)")
+    ap.add_argument("--layout-min", type=float, default=DEFAULT_LAYOUT[1], metavar="T",
+                    help="the layout phase draws its times uniformly from [T, 1) (default: %(default)s)")
+    ap.add_argument("--snapshot-every", type=int, default=0, metavar="N",
+                    help="also write OUT_stepN.safetensors every N steps (to study the training budget; "
+                         "a snapshot is mid-schedule, not a shorter build)")
     ap.add_argument("--sample-shift", type=float, default=DEFAULT_SAMPLING.shift,
                     help="the checkpoint's default sampling shift (default: %(default)s)")
     ap.add_argument("--minutes", type=float, default=30.0,
                     help="wall budget: warns when the projected build time exceeds it (training still "
                          "stops by steps, so the result does not depend on machine speed)")
     args = ap.parse_args(argv)
+    if args.layout_steps < 0 or not 0.0 <= args.layout_min < 1.0:
+        ap.error(f"--layout-steps must be ≥ 0 and --layout-min in [0, 1), got {args.layout_steps}, {args.layout_min}")
+    if args.prompt_weights and (min(args.prompt_weights) < 0 or abs(sum(args.prompt_weights) - 1.0) > 1e-6):
+        ap.error(f"--prompt-weights must be non-negative and sum to 1, got {args.prompt_weights}")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -143,7 +165,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, precision=args.precision,
                          logit_mean=args.logit_mean, timestep_shift=args.t_shift,
-                         high_noise_fraction=args.high_noise[0], high_noise_min=args.high_noise[1])
+                         high_noise_fraction=args.high_noise[0], high_noise_min=args.high_noise[1],
+                         x0_weight=args.x0_weight,
+                         prompt_weights=tuple(args.prompt_weights) if args.prompt_weights else None)
+    layout = None
+    if args.layout_steps > 0:  # same optimiser settings, every time drawn from [layout_min, 1)
+        layout = replace(cfg, steps=args.layout_steps, high_noise_fraction=1.0, high_noise_min=args.layout_min)
+        cfg = replace(cfg, seed=args.seed + 1)  # the main phase draws different batches
     budget_s = args.minutes * 60.0
     warned = False
 
@@ -160,7 +188,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"WARNING: projected build time exceeds --minutes {args.minutes:g} on this machine", flush=True)
 
     t_train = time.perf_counter()
-    losses = pretrain(gen.transformer, videos, prompts, gen.encode_prompts, cfg, log=log, to_latents=gen.encode_videos)
+    def snapshot(step: int) -> None:
+        if args.snapshot_every > 0 and step % args.snapshot_every == 0 and step < cfg.steps:
+            path = args.out.with_name(f"{args.out.name}_step{step}.safetensors")
+            gen.save_checkpoint(path, training={**asdict(cfg), "snapshot_step": step})
+            print(f"snapshot {path}", flush=True)
+
+    if layout is not None:
+        print(f"layout phase: {layout.steps} steps at t in [{layout.high_noise_min}, 1)", flush=True)
+        pretrain(gen.transformer, videos, prompts, gen.encode_prompts, layout, log=log,
+                 to_latents=gen.encode_videos)
+        print(f"main phase: {cfg.steps} steps", flush=True)
+    losses = pretrain(gen.transformer, videos, prompts, gen.encode_prompts, cfg, log=log, on_step=snapshot,
+                      to_latents=gen.encode_videos)
     train_s = time.perf_counter() - t_train
     total_s = time.perf_counter() - t_start
 
@@ -169,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": {"scenes": args.scenes, "families": list(P.FAMILIES),
                  "seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.scenes - 1],
                  "prompt_levels": [0, 1, 2], "simulator": "reward.world.simulator"},
+        "layout_phase": asdict(layout) if layout is not None else None,
         "final_loss": float(np.mean(losses[-100:])),
         "first_loss": float(np.mean(losses[:20])),
         "train_seconds": round(train_s, 1),

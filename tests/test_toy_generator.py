@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from policy.base import Generator
-from policy.pretrain import PretrainConfig, cosine_lr, pretrain, sample_t
+from policy.pretrain import PretrainConfig, cosine_lr, flow_matching_loss, pretrain, sample_t
 from policy.text import TEXT_DIM, TextEncoder, embed_sentences
 from policy.toy import (
     DEFAULT_CHECKPOINT,
@@ -322,6 +322,51 @@ def test_training_times_shift_and_high_noise_share():
         PretrainConfig(high_noise_fraction=1.5)
 
 
+def test_x0_weight_adds_the_clean_clip_error():
+    """w(t) = 1 + λ·t², normalised by the mean weight; λ = 0 is the plain velocity MSE."""
+    class Const(torch.nn.Module):  # predicts velocity 0 whatever the input
+        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
+            return (torch.zeros_like(hidden_states),)
+
+    x0 = torch.zeros(2, 1, 1, 1, 2)
+    noise = torch.tensor([1.0, 1.0, 3.0, 3.0]).view(2, 1, 1, 1, 2)  # v target = noise: errors 1 and 9
+    t = torch.tensor([0.5, 1.0])
+    assert float(flow_matching_loss(Const(), x0, None, t, noise)) == pytest.approx(5.0)
+    # λ = 4: weights 1 + 4·0.25 = 2 and 1 + 4 = 5 → (2·1 + 5·9) / 7
+    assert float(flow_matching_loss(Const(), x0, None, t, noise, x0_weight=4.0)) == pytest.approx(47 / 7)
+    with pytest.raises(ValueError, match="x0_weight"):
+        PretrainConfig(x0_weight=-1.0)
+
+
+def test_prompt_weights_choose_the_trained_prompt(gen):
+    """With weights (0, 1) every step trains on each clip's second prompt, so the first is never encoded into a batch."""
+    seen = []
+    videos = np.zeros((2, 4, 16, 16, 3), np.uint8)
+    real = gen.encode_prompts
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict=False):
+            seen.append(encoder_hidden_states.detach().clone())
+            return self.inner(hidden_states=hidden_states, timestep=timestep,
+                              encoder_hidden_states=encoder_hidden_states, return_dict=return_dict)
+
+    cfg = PretrainConfig(steps=3, batch=4, warmup=1, prompt_dropout=0.0, prompt_weights=(0.0, 1.0), log_every=1)
+    pretrain(Spy(gen.transformer), videos, [("a", "b"), ("c", "d")], real, cfg, log=None)
+    second = real(["b", "d"])
+    for batch in seen:
+        for row in batch:
+            assert any(torch.equal(row, s) for s in second)
+    with pytest.raises(ValueError, match="prompt_weights"):
+        PretrainConfig(prompt_weights=(0.5, 0.6))
+    with pytest.raises(ValueError, match="prompt_weights"):
+        pretrain(gen.transformer, videos, [("a", "b", "e"), ("c", "d", "f")], real,
+                 PretrainConfig(steps=1, prompt_weights=(0.5, 0.5)), log=None)
+
+
 def test_pretrain_reduces_loss(gen):
     rng = np.random.default_rng(0)
     videos = np.zeros((6, 4, 16, 16, 3), np.uint8)
@@ -365,6 +410,26 @@ def test_build_script_quick_build_with_experiment_options(tmp_path):
     assert gen.generate(["a red ball is dropped"], [1], 1)[0][0].video.shape == (12, 32, 32, 3)
 
 
+def test_build_script_layout_phase_and_snapshots(tmp_path):
+    """--layout-steps trains first at high noise only, then the main phase with the next batch seed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_toy_base", ROOT / "scripts" / "build_toy_base.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    out = tmp_path / "base"
+    assert build.main(["--scenes", "8", "--steps", "2", "--batch", "2", "--threads", "1", "--out", str(out),
+                       "--layers", "1", "--layout-steps", "3", "--layout-min", "0.8", "--snapshot-every", "1"]) == 0
+    t = ToyGenerator.from_checkpoint(out.with_suffix(".safetensors")).metadata["training"]
+    assert t["layout_phase"]["steps"] == 3 and t["layout_phase"]["high_noise_fraction"] == 1.0
+    assert t["layout_phase"]["high_noise_min"] == 0.8 and t["layout_phase"]["seed"] == 0
+    assert t["steps"] == 2 and t["seed"] == 1
+    # snapshots come from the main phase, before its last step
+    assert sorted(f.name for f in tmp_path.glob("base_step*.safetensors")) == ["base_step1.safetensors"]
+    with pytest.raises(SystemExit):
+        build.main(["--layout-min", "1.0", "--out", str(out)])
+
+
 def test_build_script_defaults_describe_the_shipped_checkpoint():
     """The script's defaults rebuild what is shipped: same architecture, sampler and training budget."""
     import importlib.util
@@ -385,6 +450,10 @@ def test_build_script_defaults_describe_the_shipped_checkpoint():
     # older checkpoints predate the timestep shift and the high-noise share: their absence means off
     assert t.get("timestep_shift", 1.0) == build.DEFAULT_T_SHIFT
     assert (t.get("high_noise_fraction", 0.0), t.get("high_noise_min", 0.9)) == tuple(build.DEFAULT_HIGH_NOISE)
+    assert t.get("x0_weight", 0.0) == build.DEFAULT_X0_WEIGHT
+    layout = t.get("layout_phase")
+    assert (layout["steps"], layout["high_noise_min"]) == tuple(build.DEFAULT_LAYOUT) if layout else \
+        build.DEFAULT_LAYOUT[0] == 0
     assert shipped["sampling"]["shift"] == build.DEFAULT_SAMPLING.shift
     assert shipped["sampling"]["steps"] == build.DEFAULT_SAMPLING.steps
     assert shipped["sampling"]["guidance"] == build.DEFAULT_SAMPLING.guidance
