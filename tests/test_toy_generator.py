@@ -395,12 +395,18 @@ def test_pretrain_bf16_autocast_runs_and_keeps_fp32_weights(gen):
         PretrainConfig(precision="fp16")
 
 
-def test_build_script_quick_build_with_experiment_options(tmp_path):
+def _build_script():
+    """``scripts/build_toy_base.py`` loaded as a module (it is a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("build_toy_base", ROOT / "scripts" / "build_toy_base.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
+    return build
+
+
+def test_build_script_quick_build_with_experiment_options(tmp_path):
+    build = _build_script()
     out = tmp_path / "base"
     assert build.main(["--scenes", "8", "--steps", "2", "--batch", "2", "--threads", "1", "--out", str(out),
                        "--normalise", "--prediction", "x0-precond"]) == 0
@@ -412,11 +418,7 @@ def test_build_script_quick_build_with_experiment_options(tmp_path):
 
 def test_build_script_layout_phase_and_snapshots(tmp_path):
     """--layout-steps trains first at high noise only, then the main phase with the next batch seed."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("build_toy_base", ROOT / "scripts" / "build_toy_base.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = _build_script()
     out = tmp_path / "base"
     assert build.main(["--scenes", "8", "--steps", "2", "--batch", "2", "--threads", "1", "--out", str(out),
                        "--layers", "1", "--layout-steps", "3", "--layout-min", "0.8", "--snapshot-every", "1"]) == 0
@@ -432,13 +434,9 @@ def test_build_script_layout_phase_and_snapshots(tmp_path):
 
 def test_build_script_defaults_describe_the_shipped_checkpoint():
     """The script's defaults rebuild what is shipped: same architecture, sampler and training budget."""
-    import importlib.util
-
     if not DEFAULT_CHECKPOINT.exists():
         pytest.skip("the shipped base checkpoint has not been built")
-    spec = importlib.util.spec_from_file_location("build_toy_base", ROOT / "scripts" / "build_toy_base.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = _build_script()
     shipped = ToyGenerator.from_checkpoint(steps=2).metadata
     arch = ToyArch.from_dict(shipped["arch"])
     assert replace(arch, pixel_mean=build.DEFAULT_ARCH.pixel_mean, pixel_std=build.DEFAULT_ARCH.pixel_std) == build.DEFAULT_ARCH
