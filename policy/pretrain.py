@@ -139,8 +139,8 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
     """Train ``transformer`` in place on ``videos`` (uint8 ``(N, T, H, W, 3)``); returns per-step losses.
 
     ``prompts[i]`` lists the prompts of clip ``i`` (any number ≥ 1, e.g. the three detail levels);
-    each step uses one of them, uniformly or by ``config.prompt_weights``. ``encode`` maps a list of prompts to ``(B, L, D)``
-    token embeddings; it is called once on the distinct prompts. ``on_step(step)`` (1-based) runs
+    each step uses one of them, uniformly or by ``config.prompt_weights``. ``encode`` maps a list of
+    prompts to ``(B, L, D)`` token embeddings; it is called once on the distinct prompts. ``on_step(step)`` (1-based) runs
     after every optimizer step (snapshots, custom stopping checks in experiments). ``to_latents``
     maps a uint8 batch ``(B, T, H, W, 3)`` to ``(B, C, T, H, W)`` (default: ``video / 127.5 − 1``;
     the tiny generator passes its own normalisation, ``ToyGenerator.encode_videos``).

@@ -9,10 +9,10 @@ What it does:
    trained on: the loop's training and held-out prompts and ``bench/toy_base_eval.py`` use them;
 2. pretrains a fresh ``ToyArch`` denoiser with the rectified-flow objective
    (:func:`policy.pretrain.pretrain`), each step using one of the scene's three prompts (short,
-   motion, physics), 10 % prompt dropout for classifier-free guidance;
-   With ``--layout-steps N`` a layout phase comes first: N steps whose training times are all drawn
-   from [``--layout-min``, 1), the noise levels where only the prompt can say where things start, then
-   the ``--steps`` main phase (fresh optimizer and schedule, batch seed ``--seed`` + 1);
+   motion, physics), 10 % prompt dropout for classifier-free guidance. With ``--layout-steps N`` a
+   layout phase comes first: N steps whose training times are all drawn from [``--layout-min``, 1),
+   the noise levels where only the prompt can say where things start; then the ``--steps`` main
+   phase (fresh optimizer and schedule, batch seed ``--seed`` + 1);
 3. writes ``<out>.safetensors`` (fp32 weights) and ``<out>.json`` (architecture, sampling
    defaults, training config, data seeds, final loss, wall time) atomically.
 
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"WARNING: projected build time exceeds --minutes {args.minutes:g} on this machine", flush=True)
 
     t_train = time.perf_counter()
+
     def snapshot(step: int) -> None:
         if args.snapshot_every > 0 and step % args.snapshot_every == 0 and step < cfg.steps:
             path = args.out.with_name(f"{args.out.name}_step{step}.safetensors")
