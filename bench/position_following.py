@@ -83,12 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     from reward.world.judge import PhysicsJudge
 
     torch.set_num_threads(args.threads)
-    gen = ToyGenerator.from_checkpoint(args.checkpoint)
-    sampling = gen.sampling
     overrides = {k: v for k, v in (("shift", args.shift), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}
-    if overrides:
-        from dataclasses import replace
-        sampling = replace(sampling, **overrides)
+    gen = ToyGenerator.from_checkpoint(args.checkpoint, **overrides)
+    sampling = gen.sampling
     colours = args.colours or list(P.PALETTE)
     judge = PhysicsJudge()
     seeds = [7_000 + k for k in range(args.clips)]

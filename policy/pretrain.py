@@ -165,15 +165,9 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
         def to_latents(batch: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(batch).to(torch.float32).div_(127.5).sub_(1.0).permute(0, 4, 1, 2, 3)
 
-    pw = {}  # prompt probabilities per number of prompts a clip has
-    if config.prompt_weights is not None:
-        for n in {len(p) for p in ids}:
-            if n > len(config.prompt_weights):
-                raise ValueError(f"a clip has {n} prompts but prompt_weights has {len(config.prompt_weights)}")
-            w = np.asarray(config.prompt_weights[:n], dtype=np.float64)
-            if w.sum() <= 0:
-                raise ValueError(f"prompt_weights give zero probability to clips with {n} prompts")
-            pw[n] = w / w.sum()
+    if config.prompt_weights is not None and any(len(p) != len(config.prompt_weights) for p in ids):
+        raise ValueError(f"prompt_weights has {len(config.prompt_weights)} entries; every clip needs that many prompts")
+    weights = None if config.prompt_weights is None else np.asarray(config.prompt_weights) / sum(config.prompt_weights)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -186,10 +180,10 @@ def pretrain(transformer: torch.nn.Module, videos: np.ndarray, prompts: Sequence
         for group in opt.param_groups:
             group["lr"] = lr
         rows = rng.integers(0, len(videos), size=config.batch)
-        if config.prompt_weights is None:
+        if weights is None:
             text_ids = [ids[r][int(rng.integers(len(ids[r])))] for r in rows]
         else:
-            text_ids = [ids[r][int(rng.choice(len(ids[r]), p=pw[len(ids[r])]))] for r in rows]
+            text_ids = [ids[r][int(rng.choice(len(ids[r]), p=weights))] for r in rows]
         drop = rng.random(config.batch) < config.prompt_dropout
         text_ids = [null_id if d else k for k, d in zip(text_ids, drop)]
         x0 = to_latents(videos[rows])

@@ -144,8 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.layout_steps < 0 or not 0.0 <= args.layout_min < 1.0:
         ap.error(f"--layout-steps must be ≥ 0 and --layout-min in [0, 1), got {args.layout_steps}, {args.layout_min}")
-    if args.prompt_weights and (min(args.prompt_weights) < 0 or abs(sum(args.prompt_weights) - 1.0) > 1e-6):
-        ap.error(f"--prompt-weights must be non-negative and sum to 1, got {args.prompt_weights}")
+    layout = None
+    try:  # PretrainConfig validates every option: report a bad one as a usage error, not a traceback
+        cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, precision=args.precision,
+                             logit_mean=args.logit_mean, timestep_shift=args.t_shift,
+                             high_noise_fraction=args.high_noise[0], high_noise_min=args.high_noise[1],
+                             x0_weight=args.x0_weight,
+                             prompt_weights=tuple(args.prompt_weights) if args.prompt_weights else None)
+        if args.layout_steps > 0:  # same optimiser settings, every time drawn from [layout_min, 1)
+            layout = replace(cfg, steps=args.layout_steps, high_noise_fraction=1.0, high_noise_min=args.layout_min)
+            cfg = replace(cfg, seed=args.seed + 1)  # the main phase draws different batches
+    except ValueError as exc:
+        ap.error(str(exc))
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -163,15 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in gen.transformer.parameters())
     print(f"model: {n_params / 1e6:.2f} M params, {arch.tokens} tokens per clip", flush=True)
 
-    cfg = PretrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, precision=args.precision,
-                         logit_mean=args.logit_mean, timestep_shift=args.t_shift,
-                         high_noise_fraction=args.high_noise[0], high_noise_min=args.high_noise[1],
-                         x0_weight=args.x0_weight,
-                         prompt_weights=tuple(args.prompt_weights) if args.prompt_weights else None)
-    layout = None
-    if args.layout_steps > 0:  # same optimiser settings, every time drawn from [layout_min, 1)
-        layout = replace(cfg, steps=args.layout_steps, high_noise_fraction=1.0, high_noise_min=args.layout_min)
-        cfg = replace(cfg, seed=args.seed + 1)  # the main phase draws different batches
     budget_s = args.minutes * 60.0
     warned = False
 

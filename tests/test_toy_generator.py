@@ -429,7 +429,9 @@ def test_build_script_layout_phase_and_snapshots(tmp_path):
     # snapshots come from the main phase, before its last step
     assert sorted(f.name for f in tmp_path.glob("base_step*.safetensors")) == ["base_step1.safetensors"]
     with pytest.raises(SystemExit):
-        build.main(["--layout-min", "1.0", "--out", str(out)])
+        build.main(["--layout-min", "1.0", "--scenes", "8", "--steps", "1", "--batch", "2", "--out", str(out)])
+    with pytest.raises(SystemExit):  # PretrainConfig's own checks reach the command line as usage errors
+        build.main(["--prompt-weights", "0.5", "0.6", "0.1", "--scenes", "8", "--steps", "1", "--out", str(out)])
 
 
 def test_build_script_defaults_describe_the_shipped_checkpoint():
