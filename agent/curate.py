@@ -401,7 +401,10 @@ def _describe(family: str | None, shape: str, colours: list[str], judgement) -> 
                              + (f" at {measured:.2f} px/frame² (g = {g:.2f})." if measured is not None else "."))
         else:
             f.actions = ["is thrown", "flies in an arc"]
-            f.forces = ["the throw gives it an initial velocity up and to the right",
+            start, end = o.get("start"), o.get("end")
+            side = "side" if not (start and end) or start[0] == end[0] else \
+                ("right" if end[0] > start[0] else "left")
+            f.forces = [f"the throw gives it an initial velocity up and to the {side}",
                         f"gravity pulls the {noun(first)} down"]
             f.reasons.append("The throw sets it moving; with no horizontal force its horizontal speed stays "
                              "constant while gravity bends its path into a parabola.")

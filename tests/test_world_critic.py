@@ -29,8 +29,8 @@ def test_is_a_critic():
 
 @pytest.mark.parametrize("family,needed", [
     ("drop", ("gravity accelerates it straight down", "bounces back up", "each bounce is lower")),
-    ("projectile", ("up and to the right", "constant horizontal speed", "parabola")),
-    ("slide", ("pushed to the right", "friction decelerates it steadily", "comes to rest")),
+    ("projectile", ("up and to the side", "constant horizontal speed", "parabola")),
+    ("slide", ("pushed along the floor", "friction decelerates it steadily", "comes to rest")),
     ("collision", ("strikes the", "conserving momentum")),
 ])
 def test_without_a_judged_video_it_states_the_core_physics(family, needed):
@@ -82,6 +82,24 @@ def test_wrong_start_reuses_the_prompts_own_position_words():
     assert f"it starts at rest at the top {wrong} of the frame" in r.prompt
     # with no position words in the prompt, it never invents one
     assert "starts at" not in CRITIC.refine(scene.prompts[0], judged(scene.prompts[0], S.render(scene))).prompt
+
+
+@pytest.mark.parametrize("family", P.MIRRORED)
+def test_directions_are_only_ever_the_prompts_own(family):
+    """Scenes go either way: a rewrite keeps the direction its prompt names and never invents one,
+    so the refined prompt still describes the real video the loop trains it against."""
+    for seed in range(8):
+        scene = S.sample_scene(family, seed)
+        way = S.direction(scene)
+        other = "left" if way == "right" else "right"
+        short = CRITIC.refine(scene.prompts[0], [])
+        assert "to the right" not in short.prompt and "to the left" not in short.prompt
+        assert JUDGE.score(short.prompt, S.render(scene)).accept, short.prompt
+        frozen = C.corrupt(scene, "frozen", seed) if "frozen" in C.applicable(family) else S.render(scene)
+        for prompt in scene.prompts[1:]:
+            r = CRITIC.refine(prompt, judged(prompt, frozen))
+            assert f"to the {other}" not in r.prompt
+            assert parse_prompt(r.prompt).claims_("rightwards" if way == "right" else "leftwards")
 
 
 def test_stated_cues_are_not_repeated_and_rewriting_is_idempotent():

@@ -56,6 +56,8 @@ def test_prompt_parsing_rules():
     assert parse_prompt("a purple cube").family is None
     assert parse_prompt("a red ball is thrown to the right from the left side").start == ("left", None)
     assert parse_prompt("a red ball falls from the top right").start == ("right", "top")
+    # the apex of a throw is not where it starts
+    assert parse_prompt("a red ball is thrown; rising, slowing at the top, then falling").start == (None, None)
     with pytest.raises(ValueError):
         parse_prompt(None)  # type: ignore[arg-type]
 
@@ -228,6 +230,21 @@ def test_wrong_colour_or_family_prompt_is_rejected_on_sa():
     assert not s.accept and s.sa < 0.75 and "direction" in failed(s)
     s = JUDGE.score(f"a {scene.colours[0]} block slides across the floor", video)
     assert not s.accept and s.sa < 0.75
+
+
+@pytest.mark.parametrize("family", P.MIRRORED)
+def test_the_direction_a_prompt_names_is_checked_both_ways(family):
+    for seed in range(6):
+        scene = S.sample_scene(family, seed)
+        video, flipped = S.render(scene), S.render(scene)[:, :, ::-1]
+        way = S.direction(scene)
+        other = "left" if way == "right" else "right"
+        for prompt in scene.prompts[1:]:
+            assert JUDGE.score(prompt, video).accept
+            s = JUDGE.score(prompt.replace(f"to the {way}", f"to the {other}"), video)
+            assert not s.accept and "direction" in failed(s), (prompt, s.rationale)
+        # with no direction named, either way is right
+        assert JUDGE.score(scene.prompts[0], video).accept and JUDGE.score(scene.prompts[0], flipped).accept
 
 
 def test_wrong_start_position_is_an_sa_failure():

@@ -11,7 +11,7 @@ leaves unstated — the physics expander.
 
 Rules that keep refinement a safe lever:
 - never a new object or colour: cues only restate the colours the prompt already names;
-  a start position is only ever the prompt's own position words;
+  a start position or a direction is only ever the prompt's own words;
 - a cue already stated (found by its marker words) is not repeated;
 - the result fits the text encoder: at most ``max_tokens`` word/punctuation tokens
   (all-MiniLM-L6-v2 reads 64 with [CLS]/[SEP]); cues for the worst failures go first;
@@ -28,7 +28,7 @@ from typing import Sequence
 
 from reward.base import HistoryItem, Refinement, Score
 
-from .intent import Intent, parse_prompt
+from .intent import Intent, claimed_direction, parse_prompt
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ CUES: dict[str | None, tuple[Cue, ...]] = {
     "projectile": (
         _OBJECTS,
         Cue("start", "it starts at the {where}", r"starts at the", ("start_region",)),
-        Cue("throw", "it is thrown up and to the right", r"up and to the right",
+        Cue("throw", "it is thrown up and to the {side}", r"up and to the",
             ("direction", "thrown_up", "airborne", "moves")),
         Cue("horizontal", "it keeps a constant horizontal speed", r"constant horizontal",
             ("horizontal_flight", "kick")),
@@ -73,7 +73,7 @@ CUES: dict[str | None, tuple[Cue, ...]] = {
     "slide": (
         _OBJECTS,
         Cue("start", "it starts at the {where} on the floor", r"starts at the", ("start_region",)),
-        Cue("push", "it is pushed to the right along the floor", r"to the right", ("direction", "moves")),
+        Cue("push", "it is pushed{to_way} along the floor", r"pushed|to the (?:right|left)", ("direction", "moves")),
         Cue("floor", "it stays on the floor", r"stays on the floor", ("on_floor", "lift_off", "gravity")),
         Cue("friction", "friction decelerates it steadily and it never speeds up", r"friction|decelerat",
             ("friction_speedup", "friction_rate", "friction_jerk", "frozen")),
@@ -83,10 +83,10 @@ CUES: dict[str | None, tuple[Cue, ...]] = {
     "collision": (
         Cue("objects", "there are exactly two balls, one {c} and one {c2}", r"exactly two",
             ("present", "extra_object", "count", "objects", "shape")),
-        Cue("approach", "the {c} ball rolls to the right towards the resting {c2} ball",
-            r"rolls to the right|towards the", ("striker_moves", "start_region")),
+        Cue("approach", "the {c} ball rolls{to_way} towards the resting {c2} ball",
+            r"rolls to the (?:right|left)|towards the", ("striker_moves", "direction", "start_region")),
         Cue("impact", "it strikes the {c2} ball", r"strikes|hits", ("impact", "causality", "penetration")),
-        Cue("momentum", "on impact the {c} ball nearly stops and the {c2} ball moves off to the right "
+        Cue("momentum", "on impact the {c} ball nearly stops and the {c2} ball moves off{to_way} "
             "with its speed, conserving momentum", r"momentum|nearly stops",
             ("momentum", "collision_energy", "target_moves", "striker_stops")),
         Cue("steady", "both balls roll at a steady speed between impacts", r"steady speed",
@@ -218,8 +218,11 @@ class RuleCritic:
         else:
             where = ""
         c = colours[0] if colours else ""
+        # a direction is only ever the prompt's own: the real video the loop trains the rewrite
+        # against goes whichever way it goes (projectile, slide and collision scenes are mirrored)
+        way = claimed_direction(intent)
         text = cue.text.format(c=c, c2=colours[1] if len(colours) > 1 else "", shape=intent.shape or "object",
-                               where=where)
+                               where=where, side=way or "side", to_way=f" to the {way}" if way else "")
         return " ".join(text.split())
 
     @staticmethod

@@ -50,6 +50,7 @@ _FAMILY_RES = {f: re.compile(r"\b(?:" + "|".join(re.escape(w) for w in ws) + r")
 _COLOUR_RE = re.compile(r"\b(" + "|".join(P.PALETTE) + r")\b")
 _SHAPE_WORDS = {"ball": ("ball", "balls", "sphere", "disc", "disk"),
                 "block": ("block", "blocks", "box", "boxes", "cube", "square", "brick")}
+_APEX = re.compile(r"\b(?:slow(?:s|ing)?|peaks?|peaking|turns?)\s+$")
 _TWO = re.compile(r"\b(two|2|both|pair of)\b")
 
 
@@ -110,10 +111,17 @@ def parse_prompt(prompt: str) -> Intent:
                   start=_start_words(text), claims=claims, n_objects=n_objects)
 
 
+def claimed_direction(intent: Intent) -> str | None:
+    """``"right"`` or ``"left"`` when the prompt says which way the object moves, else ``None``
+    (no direction, or both named)."""
+    right, left = intent.claims_("rightwards"), intent.claims_("leftwards")
+    return "right" if right and not left else ("left" if left and not right else None)
+
+
 def _start_words(text: str) -> tuple[str | None, str | None]:
     """Position words of where the (first) object starts: the first "from/at/in the ..." phrase.
 
-    Direction phrases ("to the right") are not positions; a collision's "resting in the
+    Direction phrases ("to the right") and the apex of a throw ("slowing at the top") are not positions; a collision's "resting in the
     centre" describes the second ball and comes after the striker's own words, so only the
     first position phrase before any "resting" is used.
     """
@@ -121,6 +129,8 @@ def _start_words(text: str) -> tuple[str | None, str | None]:
     scope = text if cut < 0 else text[:cut]
     for m in _POSITION.finditer(scope):
         vert, horiz = m.group(1), m.group(2)
+        if _APEX.search(scope[:m.start()]):  # "slowing at the top" is the top of the arc, not a start
+            continue
         if vert or horiz:
             if vert == "middle" and horiz is None:  # "from the middle" alone is horizontal-agnostic
                 return None, "middle"

@@ -34,7 +34,7 @@ from reward.base import Score
 from reward.video_io import check_video
 
 from . import physics as P
-from .intent import Intent, parse_prompt, region_interval
+from .intent import Intent, claimed_direction, parse_prompt, region_interval
 from .motion import BOUNCE_REACH, Flight, flight, line_fit, rate_changes, velocities
 from .tracker import Observation, Track, observe
 
@@ -510,11 +510,12 @@ def _family_semantics(family: str, o: _Obj, noun: str, intent: Intent, checks: _
         if _moves(o, noun, checks, "fly") < P.MIN_MOTION:
             return
         dx = x[last] - x[first]
-        if intent.claims_("leftwards") and not intent.claims_("rightwards"):
+        way = claimed_direction(intent)
+        if way == "left":
             dx = -dx
-        want = "to the right" if not intent.claims_("leftwards") else "to the left"
+        want = f"to the {way}"
         need = 3.0
-        if intent.claims_("rightwards") or intent.claims_("leftwards"):
+        if way is not None:
             checks.add("direction", "sa", o.colour, 0.0 if dx >= need else 1.0 + (need - dx) / need,
                        f"the {noun} travels {dx:+.1f} px sideways instead of flying {want}", frame=int(last),
                        value=_r(dx), limit=need)
@@ -539,10 +540,11 @@ def _family_semantics(family: str, o: _Obj, noun: str, intent: Intent, checks: _
         checks.add("on_floor", "sa", o.colour, 0.0 if frac >= 0.75 else 1.0 + (0.75 - frac) * 4,
                    f"the {noun} is off the floor in {np.sum(~floor[idx])} frames instead of sliding on it",
                    frame=int(idx[~floor[idx]][0]) if frac < 1 else None, value=_r(frac), limit=0.75)
-        dx = x[last] - x[first]
-        if intent.claims_("rightwards"):
+        way = claimed_direction(intent)
+        if way is not None:
+            dx = (x[last] - x[first]) * (1.0 if way == "right" else -1.0)
             checks.add("direction", "sa", o.colour, 0.0 if dx >= 2.0 else 2.0,
-                       f"the {noun} moves {dx:+.1f} px instead of sliding to the right", frame=int(last),
+                       f"the {noun} moves {dx:+.1f} px {way}wards instead of sliding to the {way}", frame=int(last),
                        value=_r(dx), limit=2.0)
         if intent.claims_("stops") and "final_speed" in floor_facts:
             fs = abs(floor_facts["final_speed"])
@@ -563,6 +565,12 @@ def _collision_semantics(a: _Obj, b: _Obj, na: str, nb: str, intent: Intent, che
     dx = (xa[early[-1]] - xa[early[0]]) * toward if early.size >= 2 else 0.0
     checks.add("striker_moves", "sa", a.colour, 0.0 if dx >= 1.0 else 2.0,
                f"the {na} does not roll towards the {nb}", frame=int(ia[0]), value=_r(dx), limit=1.0)
+    way = claimed_direction(intent)
+    if way is not None and early.size >= 2:
+        along = (xa[early[-1]] - xa[early[0]]) * (1.0 if way == "right" else -1.0)
+        checks.add("direction", "sa", a.colour, 0.0 if along >= 1.0 else 2.0,
+                   f"the {na} rolls {along:+.1f} px {way}wards instead of rolling to the {way}",
+                   frame=int(early[-1]), value=_r(along), limit=1.0)
     f = facts.get("contact")
     hit = f is not None and facts.get("contact_gap", np.inf) <= CONTACT_GAP
     checks.add("impact", "sa", a.colour, 0.0 if hit else 2.0,

@@ -101,6 +101,7 @@ RANGES: dict[str, FamilyRanges] = {
     # released from rest high up: hits the floor around frame 6–8, then bounces lower
     "drop": FamilyRanges(x0=(6.0, 26.0), y0=(8.0, 14.0), vx=(0.0, 0.0), vy=(0.0, 0.0)),
     # thrown rightwards and slightly up from the left: a parabola that stays in frame
+    # (projectile, slide and collision scenes are mirrored left ↔ right half the time: MIRRORED)
     "projectile": FamilyRanges(x0=(3.0, 6.0), y0=(10.0, 14.0), vx=(1.5, 2.1), vy=(-2.6, -1.6)),
     # pushed rightwards along the floor: decelerates to rest by frame 9 (vx / μg ≤ 8.75 frames),
     # so every clip shows the block coming to rest, as the prompts say
@@ -111,6 +112,10 @@ RANGES: dict[str, FamilyRanges] = {
     "collision": FamilyRanges(x0=(2.5, 3.5), y0=(REST_Y, REST_Y), vx=(1.2, 1.7), vy=(0.0, 0.0)),
 }
 COLLISION_TARGET_X = (12.0, 14.0)  # where the struck ball rests before impact
+# Families whose scenes are mirrored left ↔ right (x → SIZE − x, vx → −vx) with probability 1/2:
+# the motion is the same law either way, and a detailed prompt then carries information a short
+# one lacks (which way the object goes), as real detailed prompts do. A drop falls straight down.
+MIRRORED = ("projectile", "slide", "collision")
 
 
 def expected_vertical_accel(family: str) -> float | None:

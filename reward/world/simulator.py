@@ -73,8 +73,22 @@ def sample_scene(family: str, seed: int) -> Scene:
         second = [c for c in colours if c != first][int(rng.integers(len(colours) - 1))]
         bodies.append(Body(second, "ball", u(P.COLLISION_TARGET_X), P.FLOOR_Y - P.RADIUS, 0.0, 0.0))
         restitution = u(P.COLLISION_RESTITUTION_RANGE)
+    # drawn last, so every other parameter of a seed is the same in both directions
+    if family in P.MIRRORED and rng.random() < 0.5:
+        bodies = [mirror_body(b) for b in bodies]
     scene = Scene(family, seed, tuple(bodies), restitution, friction)
     return Scene(family, seed, scene.bodies, restitution, friction, prompts=tuple(prompts_for(scene)))
+
+
+def mirror_body(b: Body) -> Body:
+    """The body reflected left ↔ right about the frame's vertical centre line."""
+    return Body(b.colour, b.shape, P.SIZE - b.x0, b.y0, -b.vx0 if b.vx0 else 0.0, b.vy0)
+
+
+def direction(scene: Scene) -> str | None:
+    """Which way the (first) object moves sideways: ``"right"``, ``"left"``, or ``None`` (a drop)."""
+    vx = scene.bodies[0].vx0
+    return None if vx == 0 else ("right" if vx > 0 else "left")
 
 
 def iter_scenes(n: int, seed: int = 0, families: Sequence[str] = P.FAMILIES) -> Iterator[Scene]:
@@ -114,8 +128,9 @@ def simulate(scene: Scene, *, gravity: float = P.GRAVITY) -> np.ndarray:
                 vel[:, 0] -= np.sign(vel[:, 0]) * dec
             else:  # collision of two equal masses, frictionless floor
                 pos += vel * dt
-                gap = pos[1, 0] - pos[0, 0]
-                if not collided and gap <= 2 * P.RADIUS and vel[0, 0] > vel[1, 0]:
+                side = 1.0 if scene.bodies[1].x0 >= scene.bodies[0].x0 else -1.0  # where the target is
+                gap = side * (pos[1, 0] - pos[0, 0])
+                if not collided and gap <= 2 * P.RADIUS and side * (vel[0, 0] - vel[1, 0]) > 0:
                     va, vb, e = vel[0, 0], vel[1, 0], scene.restitution
                     vel[0, 0] = 0.5 * (va + vb) - 0.5 * e * (va - vb)
                     vel[1, 0] = 0.5 * (va + vb) + 0.5 * e * (va - vb)
@@ -182,10 +197,15 @@ def render(scene: Scene) -> np.ndarray:
 
 # ------------------------------------------------------------------ prompts
 def prompts_for(scene: Scene) -> list[str]:
-    """Prompts at detail levels 0 (short), 1 (states the motion), 2 (states the physics)."""
+    """Prompts at detail levels 0 (short), 1 (states the motion), 2 (states the physics).
+
+    A short prompt leaves the direction open, as a user's would; the detailed ones say which
+    way the object goes (the scene may be mirrored, see :data:`physics.MIRRORED`).
+    """
     b = scene.bodies[0]
     c = b.colour
     horiz, vert = P.region_words(b.x0, b.y0)
+    way = direction(scene)
     if scene.family == "drop":
         return [
             f"a {c} ball is dropped",
@@ -196,22 +216,22 @@ def prompts_for(scene: Scene) -> list[str]:
     if scene.family == "projectile":
         return [
             f"a {c} ball is thrown",
-            f"a {c} ball is thrown to the right from the {horiz} side and flies in an arc",
-            f"a {c} ball is thrown up and to the right from the {vert} {horiz}; it keeps a constant horizontal "
+            f"a {c} ball is thrown to the {way} from the {horiz} side and flies in an arc",
+            f"a {c} ball is thrown up and to the {way} from the {vert} {horiz}; it keeps a constant horizontal "
             f"speed while gravity bends its path into a parabola, rising, slowing at the top, then falling faster",
         ]
     if scene.family == "slide":
         return [
             f"a {c} block slides across the floor",
-            f"a {c} block is pushed to the right from the {horiz} and slides along the floor until it stops",
-            f"a {c} block is pushed to the right from the {horiz} and slides on the floor; friction decelerates "
+            f"a {c} block is pushed to the {way} from the {horiz} and slides along the floor until it stops",
+            f"a {c} block is pushed to the {way} from the {horiz} and slides on the floor; friction decelerates "
             f"it steadily, it never speeds up, and it comes to rest",
         ]
     c2 = scene.bodies[1].colour
     return [
         f"a {c} ball rolls into a {c2} ball",
-        f"a {c} ball rolls to the right along the floor and hits a {c2} ball resting in the centre",
-        f"a {c} ball rolls to the right along the floor and strikes a {c2} ball of the same size resting in the "
-        f"centre; on impact the {c} ball nearly stops and the {c2} ball moves off to the right with its speed, "
+        f"a {c} ball rolls to the {way} along the floor and hits a {c2} ball resting in the centre",
+        f"a {c} ball rolls to the {way} along the floor and strikes a {c2} ball of the same size resting in the "
+        f"centre; on impact the {c} ball nearly stops and the {c2} ball moves off to the {way} with its speed, "
         f"conserving momentum",
     ]
