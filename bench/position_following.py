@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     lx, rx = summary["mean_x_by_horiz"]["left"], summary["mean_x_by_horiz"]["right"]
     summary["right_minus_left_x"] = round(rx - lx, 2) if lx is not None and rx is not None else None
     summary["right_minus_left_x_simulator"] = HORIZ["right"] - HORIZ["left"]
-    result = {"checkpoint": str(args.checkpoint), "sampling": {"steps": sampling.steps, "shift": sampling.shift,
+    ckpt = args.checkpoint.resolve()
+    result = {"checkpoint": str(ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt), "sampling": {"steps": sampling.steps, "shift": sampling.shift,
                                                                "guidance": sampling.guidance},
               "clips_per_prompt": args.clips, "noise_seeds": [seeds[0], seeds[-1]], "colours": colours,
               "summary": summary, "rows": rows, "seconds": round(time.perf_counter() - t0, 1),

@@ -67,7 +67,7 @@ TRAIN_SEED_BASE = 1_000_000
 # - 2 blocks of 4 × 32 (0.88 M parameters): the larger 4.6 M model passed the 60 % ceiling of the
 #   built-in world's issue within the budget at which it learned the position words;
 # - fp32: on CPUs without native bf16 (AVX2 only, the 2026-12-02 machine) bf16 autocast took about
-#   1.5 s per step against 0.22 s in fp32; on AMX CPUs bf16 is ~3× faster (--precision bf16).
+#   1.5 s per step against 0.22 s in fp32; where the CPU has native bf16 it was ~3× faster (--precision bf16).
 DEFAULT_ARCH = ToyArch(patch_size=(12, 4, 4), num_heads=4, head_dim=32, ffn_dim=384, num_layers=2,
                        prediction="x0", coords=True)
 DEFAULT_NORMALISE = True

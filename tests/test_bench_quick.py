@@ -109,3 +109,33 @@ def test_position_following_probe_names_every_region_and_tracks_the_ball(tmp_pat
     assert len(doc["rows"]) == len(pf.HORIZ) * len(pf.VERT)
     assert all(r["found"] == 1 and r["mean_x"] is not None for r in doc["rows"])  # the shipped base draws a ball
     assert set(doc["summary"]["mean_x_by_horiz"]) == set(pf.HORIZ)
+
+
+def test_direction_following_probe_pairs_each_scene_with_its_mirror(tmp_path):
+    import direction_following as df
+    import numpy as np
+
+    from reward.world import physics as P
+    from reward.world.judge import PhysicsJudge
+    from reward.world import simulator as S
+    from reward.world.intent import claimed_direction, parse_prompt
+
+    for family in P.MIRRORED:
+        scene = S.sample_scene(family, df.SEED_BASE + 1)
+        twin = df.mirror(scene)
+        assert {S.direction(scene), S.direction(twin)} == {"left", "right"}
+        # the judge reads the direction each prompt names, and the mirror's real video is the exact flip
+        assert claimed_direction(parse_prompt(twin.prompts[1])) == S.direction(twin)
+        assert (S.render(twin) == S.render(scene)[:, :, ::-1]).all()
+    # a clip moving right follows "right", not "left"; an untracked object counts as lost
+    judge = PhysicsJudge()
+    scene = next(S.sample_scene("slide", s) for s in range(20) if S.direction(S.sample_scene("slide", s)) == "right")
+    row = df.clip_row(judge, scene.prompts[1], scene.colours[0], S.render(scene), "right")
+    assert row["moved"] == "right" and row["follows"] and not row["lost"] and row["accept"]
+    blank = S.render_tracks(scene.bodies, np.full((P.FRAMES, 1, 2), np.nan))
+    assert df.clip_row(judge, scene.prompts[1], scene.colours[0], blank, "right")["lost"]
+    out = tmp_path / "d.json"
+    assert df.main(["--scenes", "1", "--clips", "1", "--threads", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert len(doc["rows"]) == 3 * len(P.MIRRORED)  # short, named, mirrored-named per scene
+    assert doc["summary"]["all"]["named"]["clips"] == 2 * len(P.MIRRORED)
