@@ -1,7 +1,7 @@
 """Rebuild the built-in world's base generator checkpoint (``policy/checkpoints/toy_base.*``).
 
     python scripts/build_toy_base.py                 # the shipped checkpoint (≈ 17 min on one core of two)
-    python scripts/build_toy_base.py --steps 200 --out /tmp/toy_smoke   # a quick smoke build
+    python scripts/build_toy_base.py --layout-steps 0 --steps 200 --out /tmp/toy_smoke   # a quick smoke build
 
 What it does:
 1. renders ``--scenes`` simulator scenes, cycling through the four families, with seeds

@@ -409,10 +409,11 @@ def test_build_script_quick_build_with_experiment_options(tmp_path):
     build = _build_script()
     out = tmp_path / "base"
     assert build.main(["--scenes", "8", "--steps", "2", "--batch", "2", "--threads", "1", "--out", str(out),
-                       "--normalise", "--prediction", "x0-precond"]) == 0
+                       "--layout-steps", "0", "--normalise", "--prediction", "x0-precond"]) == 0
     gen = ToyGenerator.from_checkpoint(out.with_suffix(".safetensors"))
     assert gen.arch.prediction == "x0-precond" and gen.arch.pixel_std != (127.5, 127.5, 127.5)
     assert gen.metadata["training"]["steps"] == 2 and gen.metadata["training"]["data"]["scenes"] == 8
+    assert gen.metadata["training"]["layout_phase"] is None
     assert gen.generate(["a red ball is dropped"], [1], 1)[0][0].video.shape == (12, 32, 32, 3)
 
 
