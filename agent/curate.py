@@ -402,8 +402,8 @@ def _describe(family: str | None, shape: str, colours: list[str], judgement) -> 
         else:
             f.actions = ["is thrown", "flies in an arc"]
             start, end = o.get("start"), o.get("end")
-            side = "side" if not (start and end) or start[0] == end[0] else \
-                ("right" if end[0] > start[0] else "left")
+            dx = end[0] - start[0] if start and end else 0.0
+            side = "side" if abs(dx) < 1.0 else ("right" if dx > 0 else "left")  # as tracked, beyond a wobble
             f.forces = [f"the throw gives it an initial velocity up and to the {side}",
                         f"gravity pulls the {noun(first)} down"]
             f.reasons.append("The throw sets it moving; with no horizontal force its horizontal speed stays "
@@ -458,10 +458,10 @@ def _describe(family: str | None, shape: str, colours: list[str], judgement) -> 
             f.interactions = 1
             f.outcomes.append(f"at frame {coll['contact']} the {noun(first)} strikes the {noun(second)}")
             if coll.get("v_striker") is not None and coll.get("v_striker_after") is not None:
-                f.outcomes.append(f"the {noun(first)} slows from {coll['v_striker']:.2f} to "
-                                  f"{coll['v_striker_after']:.2f} px/frame")
+                f.outcomes.append(f"the {noun(first)} slows from {abs(coll['v_striker']):.2f} to "
+                                  f"{abs(coll['v_striker_after']):.2f} px/frame")
             if coll.get("v_target_after") is not None:
-                f.outcomes.append(f"the {noun(second)} moves off at {coll['v_target_after']:.2f} px/frame")
+                f.outcomes.append(f"the {noun(second)} moves off at {abs(coll['v_target_after']):.2f} px/frame")
             if coll.get("energy_ratio") is not None:
                 f.outcomes.append(f"momentum is conserved (kinetic energy ratio {coll['energy_ratio']:.2f})")
         elif judgement is None:

@@ -9,9 +9,10 @@ What it does:
    trained on: the loop's training and held-out prompts and ``bench/toy_base_eval.py`` use them;
 2. pretrains a fresh ``ToyArch`` denoiser with the rectified-flow objective
    (:func:`policy.pretrain.pretrain`), each step using one of the scene's three prompts (short,
-   motion, physics), 10 % prompt dropout for classifier-free guidance. With ``--layout-steps N`` a
-   layout phase comes first: N steps whose training times are all drawn from [``--layout-min``, 1),
-   the noise levels where only the prompt can say where things start; then the ``--steps`` main
+   motion, physics), 10 % prompt dropout for classifier-free guidance. A layout phase comes first
+   (``--layout-steps N``, 3,000 by default, 0 for none): N steps whose training times are all
+   drawn from [``--layout-min``, 1), the noise levels where only the prompt can say where things
+   start; then the ``--steps`` main
    phase (fresh optimizer and schedule, batch seed ``--seed`` + 1);
 3. writes ``<out>.safetensors`` (fp32 weights) and ``<out>.json`` (architecture, sampling
    defaults, training config, data seeds, final loss, wall time) atomically.
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                     default=DEFAULT_PROMPT_WEIGHTS,
                     help="how often each prompt level is trained on (default: uniform)")
     ap.add_argument("--layout-steps", type=int, default=DEFAULT_LAYOUT[0], metavar="N",
-                    help="train N steps at high noise only before the main phase (default: %(default)s, none)")
+                    help="train N steps at high noise only before the main phase (default: %(default)s; 0: none)")
     ap.add_argument("--layout-min", type=float, default=DEFAULT_LAYOUT[1], metavar="T",
                     help="the layout phase draws its times uniformly from [T, 1) (default: %(default)s)")
     ap.add_argument("--snapshot-every", type=int, default=0, metavar="N",

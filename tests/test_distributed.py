@@ -1,7 +1,7 @@
 """Multi-process runs on the CPU: `agent run --processes 2` launches 2 gloo processes (torchrun)
 on the built-in world. Both ranks must end with the same adapter, the run must match a
 1-process run with the same global batch (the same clips bit for bit until training; the adapter, and
-so the clips it makes, to float rounding),
+so the clips it makes, to float rounding; scores are compared on the clips that are identical),
 the store must hold no duplicate row, a run whose rank 1 is killed mid-training must resume,
 and a launch with fewer processes than the run asks for must stop with a one-line error.
 

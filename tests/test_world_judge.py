@@ -58,6 +58,8 @@ def test_prompt_parsing_rules():
     assert parse_prompt("a red ball falls from the top right").start == ("right", "top")
     # the apex of a throw is not where it starts
     assert parse_prompt("a red ball is thrown; rising, slowing at the top, then falling").start == (None, None)
+    assert parse_prompt("a red ball is thrown, slowing down at the top").start == (None, None)
+    assert parse_prompt("a ball is thrown from the left, slowing at the top").start == ("left", None)
     with pytest.raises(ValueError):
         parse_prompt(None)  # type: ignore[arg-type]
 

@@ -34,7 +34,8 @@ from .intent import Intent, claimed_direction, parse_prompt
 @dataclass(frozen=True)
 class Cue:
     id: str
-    text: str  # template: {c} first colour, {c2} second colour, {shape}, {where}
+    text: str  # template: {c} first colour, {c2} second colour, {shape}, {where}, and the prompt's own
+    # direction: {side} ("right"/"left", else "side"), {to_way} (" to the right"/" to the left", else "")
     markers: str  # regex: the cue is already stated when this matches the prompt
     triggers: tuple[str, ...]  # judge check names whose failure calls for this cue
 

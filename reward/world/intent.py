@@ -50,7 +50,7 @@ _FAMILY_RES = {f: re.compile(r"\b(?:" + "|".join(re.escape(w) for w in ws) + r")
 _COLOUR_RE = re.compile(r"\b(" + "|".join(P.PALETTE) + r")\b")
 _SHAPE_WORDS = {"ball": ("ball", "balls", "sphere", "disc", "disk"),
                 "block": ("block", "blocks", "box", "boxes", "cube", "square", "brick")}
-_APEX = re.compile(r"\b(?:slow(?:s|ing)?|peaks?|peaking|turns?)\s+$")
+_APEX = re.compile(r"\b(?:slow(?:s|ing)?(?:\s+(?:down|up))?|peaks?|peaking|turns?(?:\s+(?:around|back))?)\s+$")
 _TWO = re.compile(r"\b(two|2|both|pair of)\b")
 
 
@@ -121,9 +121,9 @@ def claimed_direction(intent: Intent) -> str | None:
 def _start_words(text: str) -> tuple[str | None, str | None]:
     """Position words of where the (first) object starts: the first "from/at/in the ..." phrase.
 
-    Direction phrases ("to the right") and the apex of a throw ("slowing at the top") are not positions; a collision's "resting in the
-    centre" describes the second ball and comes after the striker's own words, so only the
-    first position phrase before any "resting" is used.
+    Direction phrases ("to the right") and the apex of a throw ("slowing at the top") are not
+    positions; a collision's "resting in the centre" describes the second ball and comes after
+    the striker's own words, so only the first position phrase before any "resting" is used.
     """
     cut = text.find("resting")
     scope = text if cut < 0 else text[:cut]

@@ -103,10 +103,10 @@ RANGES: dict[str, FamilyRanges] = {
     # thrown rightwards and slightly up from the left: a parabola that stays in frame
     # (projectile, slide and collision scenes are mirrored left ↔ right half the time: MIRRORED)
     "projectile": FamilyRanges(x0=(3.0, 6.0), y0=(10.0, 14.0), vx=(1.5, 2.1), vy=(-2.6, -1.6)),
-    # pushed rightwards along the floor: decelerates to rest by frame 9 (vx / μg ≤ 8.75 frames),
+    # pushed rightwards along the floor (or mirrored): decelerates to rest by frame 9 (vx / μg ≤ 8.75 frames),
     # so every clip shows the block coming to rest, as the prompts say
     "slide": FamilyRanges(x0=(3.0, 6.0), y0=(REST_Y, REST_Y), vx=(2.0, 2.8), vy=(0.0, 0.0)),
-    # striker from the left at speed vx, target at rest in the centre: contact between frames
+    # striker from the left (or mirrored, the right) at speed vx, target at rest in the centre: contact between frames
     # 2 and 5.5, so both the approach and the aftermath span several frames, and the struck
     # ball stays in frame to the end
     "collision": FamilyRanges(x0=(2.5, 3.5), y0=(REST_Y, REST_Y), vx=(1.2, 1.7), vy=(0.0, 0.0)),
