@@ -33,15 +33,6 @@ sys.path.insert(0, str(ROOT))
 SEED_BASE = 500_000  # held-out scenes (training uses seeds ≥ 1 000 000)
 
 
-def mirror(scene):
-    """The same scene going the other way, with its own prompts."""
-    from reward.world.simulator import Scene, mirror_body, prompts_for
-
-    bodies = tuple(mirror_body(b) for b in scene.bodies)
-    twin = Scene(scene.family, scene.seed, bodies, scene.restitution, scene.friction)
-    return Scene(scene.family, scene.seed, bodies, scene.restitution, scene.friction, prompts=tuple(prompts_for(twin)))
-
-
 def clip_row(judge, prompt: str, colour: str, video, way: str | None) -> dict:
     j = judge.analyse(prompt, video)
     obj = j.objects.get(colour) or {}
@@ -75,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from policy.toy import ToyGenerator
     from reward.world import physics as P
     from reward.world.judge import PhysicsJudge
-    from reward.world.simulator import direction, sample_scene
+    from reward.world.simulator import direction, mirror_scene, sample_scene
 
     torch.set_num_threads(args.threads)
     gen = ToyGenerator.from_checkpoint(args.checkpoint)
@@ -85,12 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     for family in P.MIRRORED:
         for i in range(args.scenes):
             scene = sample_scene(family, SEED_BASE + 4 * i + P.FAMILIES.index(family))
-            seeds = [10 * scene.seed + k for k in range(args.clips)]
-            for kind, sc, level in (("short", scene, 0), ("named", scene, 1), ("named", mirror(scene), 1)):
+            noise = torch.stack([gen.noise(10 * scene.seed + k) for k in range(args.clips)])  # shared by the 3 prompts
+            for kind, sc, level in (("short", scene, 0), ("named", scene, 1), ("named", mirror_scene(scene), 1)):
                 prompt = sc.prompts[level]
                 way = direction(sc) if kind == "named" else None
-                noise = torch.stack([gen.noise(s) for s in seeds])
-                videos = gen.decode_latents(gen.sample(noise, gen.encode_prompts([prompt] * len(seeds)), gen.sampling))
+                videos = gen.decode_latents(gen.sample(noise, gen.encode_prompts([prompt] * args.clips), gen.sampling))
                 for v in videos:
                     rows.append({"family": family, "scene": scene.seed, "prompt": kind, "way": way,
                                  **clip_row(judge, prompt, sc.colours[0], v, way)})

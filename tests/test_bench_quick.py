@@ -122,7 +122,7 @@ def test_direction_following_probe_pairs_each_scene_with_its_mirror(tmp_path):
 
     for family in P.MIRRORED:
         scene = S.sample_scene(family, df.SEED_BASE + 1)
-        twin = df.mirror(scene)
+        twin = S.mirror_scene(scene)
         assert {S.direction(scene), S.direction(twin)} == {"left", "right"}
         # the judge reads the direction each prompt names, and the mirror's real video is the exact flip
         assert claimed_direction(parse_prompt(twin.prompts[1])) == S.direction(twin)

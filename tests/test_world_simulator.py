@@ -154,25 +154,20 @@ def test_prompts_at_three_levels_name_the_scene():
             assert parse_prompt(prompt).family == family
 
 
-def _mirrored(scene: S.Scene) -> S.Scene:
-    return S.Scene(scene.family, scene.seed, tuple(S.mirror_body(b) for b in scene.bodies),
-                   scene.restitution, scene.friction)
-
-
 @pytest.mark.parametrize("family", P.MIRRORED)
 def test_mirrored_families_go_both_ways_and_render_as_exact_flips(family, monkeypatch):
     ways = [S.direction(S.sample_scene(family, s)) for s in range(40)]
     assert 10 <= ways.count("left") <= 30 and ways.count("left") + ways.count("right") == 40
     scenes = [S.sample_scene(family, seed) for seed in range(10)]
     for scene in scenes:
-        flipped = S.render(_mirrored(scene))
+        flipped = S.render(S.mirror_scene(scene))
         assert np.array_equal(flipped, S.render(scene)[:, :, ::-1]), "the mirror image is the same law"
     # mirroring is drawn last: a world without it draws the same seed's scene, unmirrored
     monkeypatch.setattr(P, "MIRRORED", ())
     for scene in scenes:
         plain = S.sample_scene(family, scene.seed)
         assert S.direction(plain) == "right"
-        expected = scene if S.direction(scene) == "right" else _mirrored(scene)
+        expected = scene if S.direction(scene) == "right" else S.mirror_scene(scene)
         assert [(b.colour, b.shape) for b in plain.bodies] == [(b.colour, b.shape) for b in expected.bodies]
         numbers = lambda sc: [(b.x0, b.y0, b.vx0, b.vy0) for b in sc.bodies]  # noqa: E731
         assert np.allclose(numbers(plain), numbers(expected), rtol=0, atol=1e-12)  # x → 32 − (32 − x)

@@ -11,7 +11,7 @@ so they serve as PhyGDPO's winners and as the judge's calibration positives.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -73,16 +73,24 @@ def sample_scene(family: str, seed: int) -> Scene:
         second = [c for c in colours if c != first][int(rng.integers(len(colours) - 1))]
         bodies.append(Body(second, "ball", u(P.COLLISION_TARGET_X), P.FLOOR_Y - P.RADIUS, 0.0, 0.0))
         restitution = u(P.COLLISION_RESTITUTION_RANGE)
+    scene = with_prompts(Scene(family, seed, tuple(bodies), restitution, friction))
     # drawn last, so every other parameter of a seed is the same in both directions
-    if family in P.MIRRORED and rng.random() < 0.5:
-        bodies = [mirror_body(b) for b in bodies]
-    scene = Scene(family, seed, tuple(bodies), restitution, friction)
-    return Scene(family, seed, scene.bodies, restitution, friction, prompts=tuple(prompts_for(scene)))
+    return mirror_scene(scene) if family in P.MIRRORED and rng.random() < 0.5 else scene
+
+
+def with_prompts(scene: Scene) -> Scene:
+    """``scene`` carrying its own prompts (:func:`prompts_for`)."""
+    return replace(scene, prompts=tuple(prompts_for(scene)))
 
 
 def mirror_body(b: Body) -> Body:
     """The body reflected left ↔ right about the frame's vertical centre line."""
     return Body(b.colour, b.shape, P.SIZE - b.x0, b.y0, -b.vx0 if b.vx0 else 0.0, b.vy0)
+
+
+def mirror_scene(scene: Scene) -> Scene:
+    """The same scene going the other way (every body mirrored), with its own prompts."""
+    return with_prompts(replace(scene, bodies=tuple(mirror_body(b) for b in scene.bodies)))
 
 
 def direction(scene: Scene) -> str | None:
@@ -110,6 +118,7 @@ def simulate(scene: Scene, *, gravity: float = P.GRAVITY) -> np.ndarray:
     dt = 1.0 / SUBSTEPS
     rest_y = P.FLOOR_Y - P.RADIUS
     collided = False
+    side = 1.0 if len(scene.bodies) < 2 or scene.bodies[1].x0 >= scene.bodies[0].x0 else -1.0  # target's side
     for f in range(P.FRAMES):
         out[f] = pos
         for _ in range(SUBSTEPS):
@@ -128,7 +137,6 @@ def simulate(scene: Scene, *, gravity: float = P.GRAVITY) -> np.ndarray:
                 vel[:, 0] -= np.sign(vel[:, 0]) * dec
             else:  # collision of two equal masses, frictionless floor
                 pos += vel * dt
-                side = 1.0 if scene.bodies[1].x0 >= scene.bodies[0].x0 else -1.0  # where the target is
                 gap = side * (pos[1, 0] - pos[0, 0])
                 if not collided and gap <= 2 * P.RADIUS and side * (vel[0, 0] - vel[1, 0]) > 0:
                     va, vb, e = vel[0, 0], vel[1, 0], scene.restitution
