@@ -206,17 +206,24 @@ APPLIES: dict[str, tuple[str, ...]] = {name: ALL_FAMILIES for name in CORRUPTION
 APPLIES["no_gravity"] = ("drop", "projectile", "slide")
 
 
-def applicable(family: str) -> list[str]:
-    """Corruption names that are meaningful for ``family``."""
-    return [name for name, fams in APPLIES.items() if family in fams]
+def applicable(family: str, applies: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """Corruption names (or the names of another ``applies`` table) meaningful for ``family``."""
+    return [name for name, fams in (APPLIES if applies is None else applies).items() if family in fams]
+
+
+def apply_edit(kind: str, edits: dict[str, Callable], applies: dict[str, tuple[str, ...]], scene: Scene,
+               name: str, rng: np.random.Generator | int) -> np.ndarray:
+    """``edits[name](scene, rng)`` after checking the name and that it applies to the scene's family
+    (``kind`` names the edit in errors: corruption, perturbation)."""
+    if name not in edits:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {', '.join(edits)}")
+    if scene.family not in applies[name]:
+        raise ValueError(f"{kind} {name!r} does not apply to family {scene.family!r}")
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    return edits[name](scene, rng)
 
 
 def corrupt(scene: Scene, name: str, rng: np.random.Generator | int) -> np.ndarray:
     """The video of ``scene`` with corruption ``name`` applied (see the module table)."""
-    if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; expected one of {', '.join(CORRUPTIONS)}")
-    if scene.family not in APPLIES[name]:
-        raise ValueError(f"corruption {name!r} does not apply to family {scene.family!r}")
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(rng)
-    return CORRUPTIONS[name](scene, rng)
+    return apply_edit("corruption", CORRUPTIONS, APPLIES, scene, name, rng)
