@@ -6,6 +6,7 @@
     agent runs                           list runs
     agent show RUN --round K             one round: prompts, refinements, scores, training
     agent replay RUN                     re-render the dashboard round by round from the store
+    agent compare RUN_A RUN_B            paired difference on the same held-out clips, with a 95 % CI
     agent world render|judge|sample      the built-in world's tools
 
 Bad input gets a one-line ``error: …`` on stderr and exit code 2; nothing stored is touched.
@@ -258,6 +259,72 @@ def replay(run: str = typer.Argument(..., help="run name"),
 
 
 # ------------------------------------------------------------------ evaluation and artifacts
+@app.command("compare")
+def compare_cmd(run_a: str = typer.Argument(..., help="side A: a run, or comma-separated runs (one per seed)"),
+                run_b: str = typer.Argument(..., help="side B: a run, or comma-separated runs paired with A's by "
+                                            "their config seed"),
+                round: Optional[int] = typer.Option(None, "--round", "-k", help="round to compare (default: the "
+                                                    "last round finished in every run)"),
+                base_round: Optional[int] = typer.Option(None, "--base-round", help="side A's round when it differs, "
+                                                         "e.g. `agent compare R R --round 5 --base-round 0`"),
+                split: str = typer.Option("heldout", "--split", help="heldout (unseen prompt texts), seen or "
+                                          "paraphrase"),
+                judge: List[str] = typer.Option([], "--judge", "-j", help="judge to compare (repeatable; default: "
+                                                "every judge both sides have)"),
+                refined: bool = typer.Option(False, "--refined", help="compare the refined-prompt evaluations"),
+                gap: bool = typer.Option(False, "--gap", help="instead: the reward-hacking gap of RUN_B (gain over "
+                                         "--base-round, default 0, under the training judge − under the other)"),
+                json_path: Optional[Path] = typer.Option(None, "--json", help="also write the result as JSON"),
+                runs_dir: str = _runs_dir_opt()):
+    """Paired comparison of two runs (or two rounds) on the same evaluation clips.
+
+    Clips pair on (prompt, clip index, noise seed): runs with the same seed evaluate the same held-out
+    clips every round. Prints joint success of each side with Wilson 95 % CIs, the paired difference in
+    pp with a 95 % cluster-bootstrap CI (prompts resampled) and its p-value, per category and per
+    prompt level; several runs per side are paired by seed and averaged (stratified bootstrap).
+    """
+    from agent.compare import compare_runs, render, reward_hacking_gap, write_json
+    from agent.dashboard import judge_label
+    from store import EVAL_SPLITS
+
+    if split not in EVAL_SPLITS:
+        fail(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    side_a = [r for r in run_a.split(",") if r]
+    side_b = [r for r in run_b.split(",") if r]
+    for r in side_a + side_b:
+        _open_run(r, runs_dir).close()
+    store = _open_run(side_b[0], runs_dir)
+    try:
+        try:
+            if gap:
+                if len(side_b) != 1:
+                    fail("--gap takes one run (RUN_B)")
+                run = side_b[0]
+                training = judge_label(store.get_run(run)["config"])
+                done = store.completed_rounds(run)
+                if not done:
+                    fail(f"run {run!r} has no finished round to compare")
+                k = done[-1] if round is None else round
+                others = [j for j in judge or [] if j != training]
+                if not others:
+                    evals = (store.round_detail(run, k) or {}).get("evaluations", [])
+                    others = sorted({e["judge"] for e in evals if e["judge"] != training and e["split"] == split})
+                if not others:
+                    fail(f"run {run!r} has no second judge's evaluation in round {k}")
+                res = reward_hacking_gap(store, run, k, train_judge=training, eval_judge=others[0], split=split,
+                                         base_round=base_round or 0, refined=refined)
+            else:
+                res = compare_runs(store, side_a, side_b, round=round, round_a=base_round, split=split,
+                                   judges=judge or None, refined=refined)
+        except ValueError as e:
+            fail(str(e))
+        render(res, Console())
+        if json_path is not None:
+            write_json(res, json_path)
+    finally:
+        store.close()
+
+
 @app.command("eval")
 def eval_cmd(run: str = typer.Argument(..., help="run name"),
              round: Optional[int] = typer.Option(None, "--round", "-k", help="round to evaluate (default: last)"),

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policy.trainer import TrainConfig
 from policy.wan import WanConfig
@@ -34,12 +34,34 @@ class _Model(BaseModel):
 
 
 class WorldDataConfig(_Model):
-    """The built-in world's prompt pool: scenes per family for training and held-out evaluation."""
+    """The built-in world's prompt pool: scenes per family for training and held-out evaluation.
+
+    Held-out scenes are those of colour combinations no training scene has
+    (``agent.world_data.HELDOUT_COMBOS``), so their texts are unseen at every level.
+    """
 
     train_scenes_per_family: int = Field(12, ge=1)
     heldout_scenes_per_family: int = Field(8, ge=1)
     train_level: int = Field(0, ge=0, le=2, description="prompt detail used for training prompts (0 = short)")
-    heldout_level: int = Field(0, ge=0, le=2, description="prompt detail of held-out prompts (0 = short)")
+    heldout_level: int | list[int] = Field(
+        0, description="prompt detail level(s) of held-out prompts (0 = short, 1 = states the motion, "
+        "2 = states the physics); a list gives every held-out scene one prompt per level")
+
+    paraphrase_scenes_per_family: int = Field(
+        0, ge=0, description="held-out scenes per family whose short prompt is also evaluated reworded "
+        "with words the base never saw (the 'paraphrase' split); 0 = none")
+
+    @field_validator("heldout_level")
+    @classmethod
+    def _levels(cls, v: int | list[int]) -> int | list[int]:
+        levels = [v] if isinstance(v, int) else list(v)
+        if not levels or any(lv not in (0, 1, 2) for lv in levels) or len(set(levels)) != len(levels):
+            raise ValueError("must be a level 0, 1 or 2, or a list of distinct levels")
+        return v
+
+    @property
+    def heldout_levels(self) -> tuple[int, ...]:
+        return (self.heldout_level,) if isinstance(self.heldout_level, int) else tuple(self.heldout_level)
 
 
 class DataConfig(_Model):
@@ -87,7 +109,9 @@ class GenerateConfig(_Model):
 
 
 class JudgeConfig(_Model):
-    backend: Literal["physics", "vlm"] = "physics"
+    backend: Literal["physics", "synthesis", "vlm"] = Field(
+        "physics", description="'physics': the built-in world's analytic law checks; 'synthesis': its "
+        "analysis-by-synthesis judge (fits the simulator's scenes to the pixels); 'vlm': a VLM over the OpenAI API")
     vlm: VLMConfig | None = None
     threshold: float = Field(0.75, ge=0, le=1, description="joint success: sa ≥ t and pc ≥ t (4 of 5 → 0.75)")
 
@@ -99,9 +123,13 @@ class JudgeConfig(_Model):
 
 
 class EvaluateConfig(_Model):
-    clips_per_prompt: int = Field(2, ge=1)
+    clips_per_prompt: int = Field(2, ge=1, description="clips per evaluation prompt (same seeds every round)")
+    seen_prompts: int = Field(0, ge=0, description="training prompts also evaluated with evaluation-only noise "
+                              "(the 'seen' split: memorisation, not generalisation); 0 = none")
     refine: bool = Field(False, description="also evaluate with prompt refinement at inference")
-    judge: JudgeConfig | None = Field(None, description="a second judge for evaluation (reward-hacking check)")
+    judge: JudgeConfig | Literal[False] | None = Field(
+        None, description="a second, independent judge for evaluation (the reward-hacking check). Unset: on the "
+        "built-in world, its other judge (analysis by synthesis beside the analytic law checks); false: none")
 
 
 class WinnerConfig(_Model):
@@ -133,6 +161,10 @@ class RunConfig(_Model):
     def _coherent(self) -> "RunConfig":
         if self.generate.backend == "toy" and self.data.source != "world":
             raise ValueError("the toy generator only knows the built-in world: set data.source = 'world'")
+        if self.evaluate.judge is None and self.data.source == "world" and self.judge.backend != "vlm":
+            # two judges built differently fail in different places: the other one evaluates
+            other = "synthesis" if self.judge.backend == "physics" else "physics"
+            self.evaluate.judge = JudgeConfig(backend=other)
         if self.train.groups_per_step % self.processes:
             raise ValueError(f"train.groups_per_step ({self.train.groups_per_step}) is the global batch and must be "
                              f"a multiple of processes ({self.processes})")

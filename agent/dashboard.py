@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -18,7 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-STAGE_ORDER = ("plan", "refine", "generate", "judge", "train", "evaluate", "checkpoint")
+
+
+from agent.stats import fmt_ci, wilson
 
 
 def _f(x: Any, digits: int = 2, pct: bool = False) -> str:
@@ -29,21 +32,92 @@ def _f(x: Any, digits: int = 2, pct: bool = False) -> str:
     return f"{x:.{digits}f}"
 
 
-def metrics_table(rows: list[dict]) -> Table:
-    t = Table(title="Rounds", expand=True, title_justify="left")
-    for col, just in (("round", "right"), ("accept", "right"), ("sa", "right"), ("pc", "right"),
-                      ("train joint", "right"), ("held-out joint", "right"), ("loss", "right"),
-                      ("margin", "right"), ("pref acc", "right"), ("groups", "right"), ("time / stage (s)", "left")):
-        t.add_column(col, justify=just, no_wrap=col != "time / stage (s)")
+def judge_label(cfg: dict) -> str:
+    """The stored name of a run's training judge, from its stored config (``Runtime.judge_name``)."""
+    j = (cfg or {}).get("judge") or {}
+    backend = j.get("backend", "physics")
+    model = (j.get("vlm") or {}).get("model") if backend == "vlm" else None
+    return f"{backend}:{model}" if model else backend
+
+
+def ci_text(row: dict, rate_key: str, count_key: str, *, short: bool = False, n_key: str = "n") -> str:
+    """``34.2 % [30.1, 38.5]`` (``short``: ``34 [30–39]``): the rate with its Wilson 95 % interval when the
+    row has counts, else the rate alone."""
+    n, k = row.get(n_key), row.get(count_key)
+    if n and k is not None:
+        if not short:
+            return fmt_ci(k, n)
+        lo, hi = wilson(k, n)
+        return f"{100 * k / n:.0f} [{100 * lo:.0f}–{100 * hi:.0f}]"
+    return _f(row.get(rate_key), pct=True)
+
+
+def unjudged_note(row: dict) -> str:
+    """`` (3 unjudged, counted as failures)`` when some clips of an evaluation row were not judged."""
+    n, nj = row.get("n"), row.get("n_judged")
+    return "" if n is None or nj is None or nj == n else f" ({n - nj} unjudged, counted as failures)"
+
+
+def _eval(row: dict, judge: str, split: str = "heldout", refine: bool = False) -> dict | None:
+    return next((e for e in row.get("evaluations") or [] if e["judge"] == judge and e["split"] == split
+                 and bool(e["refine"]) == refine), None)
+
+
+def eval_judges(rows: list[dict], training: str) -> list[str]:
+    """Judges with held-out evaluations in ``rows``: the training judge first."""
+    names = {e["judge"] for r in rows for e in r.get("evaluations") or [] if e["split"] == "heldout"}
+    return sorted(names, key=lambda j: (j != training, j))
+
+
+def hacking_gap(rows: list[dict], k: int, training: str, other: str) -> float | None:
+    """Gain of round ``k`` over round 0 under the training judge minus the gain under ``other`` (pp)."""
+    by_round = {r["round"]: r for r in rows}
+    if 0 not in by_round or k not in by_round or k == 0:
+        return None
+    vals = []
+    for j in (training, other):
+        a, b = _eval(by_round[0], j), _eval(by_round[k], j)
+        if a is None or b is None or a["joint_success"] is None or b["joint_success"] is None:
+            return None
+        vals.append(b["joint_success"] - a["joint_success"])
+    return 100 * (vals[0] - vals[1])
+
+
+def metrics_table(rows: list[dict], training: str = "physics") -> Table:
+    """One line per round: training clips, held-out joint success under each judge (Wilson 95 % CIs),
+    the seen and paraphrase splits under the training judge, and the reward-hacking gap (gain over
+    round 0 under the training judge − gain under the other, in pp)."""
+    judges = eval_judges(rows, training)
+    present = {e["split"] for r in rows for e in r.get("evaluations") or []}
+    extra = [split for split in ("seen", "paraphrase") if split in present]
+    t = Table(title=f"Rounds: joint success % [Wilson 95 % CI]; held-out = prompt texts never trained on; "
+                    f"training judge {training}", title_justify="left", box=box.SIMPLE_HEAD)
+    cols = [("round", "right"), ("train\njoint", "right")]
+    cols += [(f"held-out\n{j}", "right") for j in judges]
+    cols += [(f"{split}\n{training}", "right") for split in extra]
+    if len(judges) > 1:
+        cols.append(("gap\npp", "right"))
+    cols += [("loss", "right"), ("pref\nacc", "right"), ("groups", "right"), ("time s\ntrain/eval", "right")]
+    for col, just in cols:
+        t.add_column(col, justify=just, no_wrap=True)
     for r in rows:
         st = r.get("stage_times") or {}
-        times = " · ".join(f"{s[:3]} {st[s]:.0f}" for s in STAGE_ORDER if s in st)
+        evaluate = sum(v for s, v in st.items() if s.startswith("evaluate"))
+        times = "–" if r.get("seconds") is None else f"{r['seconds']:.0f} ({st.get('train', 0):.0f}/{evaluate:.0f})"
         groups = "–" if r.get("groups_used") is None else f"{r['groups_used']}/{r['groups_used'] + (r['groups_skipped'] or 0)}"
         restored = " ⟲" if r.get("restored") else ""
-        t.add_row(str(r["round"]), _f(r.get("accept_rate"), pct=True), _f(r.get("mean_sa")), _f(r.get("mean_pc")),
-                  _f(r.get("joint_success"), pct=True), _f(r.get("heldout_joint_success"), pct=True),
-                  _f(r.get("loss"), 3), _f(r.get("margin"), 4), _f(r.get("accuracy"), pct=True),
-                  groups + restored, times)
+        cells = [str(r["round"]), ci_text(r, "joint_success", "n_joint", short=True, n_key="n_videos")]
+        for j in judges:
+            e = _eval(r, j)
+            cells.append("–" if e is None else ci_text(e, "joint_success", "n_success", short=True))
+        for split in extra:
+            e = _eval(r, training, split)
+            cells.append("–" if e is None else ci_text(e, "joint_success", "n_success", short=True))
+        if len(judges) > 1:
+            gap = hacking_gap(rows, r["round"], training, judges[1])
+            cells.append("–" if gap is None else f"{gap:+.1f}")
+        cells += [_f(r.get("loss"), 2), _f(r.get("accuracy"), pct=True), groups + restored, times]
+        t.add_row(*cells)
     return t
 
 
@@ -90,7 +164,8 @@ def render_state(store, run: str, *, upto: int | None = None, header: str = "") 
     parts: list[Any] = []
     if header:
         parts.append(Text(header, style="bold"))
-    parts.append(metrics_table(rows))
+    training = judge_label((store.get_run(run) or {}).get("config") or {})
+    parts.append(metrics_table(rows, training))
     if last_planned is not None:
         parts.append(category_table(store.category_stats(run, last_planned)))
     parts.append(refinement_panel(latest_refinements(store, run, upto)))
@@ -169,9 +244,19 @@ class Dashboard:
         rows = self.store.round_metrics(run)
         if rows and not self.live_mode:
             r = rows[-1]
+            training = judge_label((self.store.get_run(run) or {}).get("config") or {})
+            held = " · ".join(f"{j} {ci_text(e, 'joint_success', 'n_success')}{unjudged_note(e)}"
+                              for j in eval_judges([r], training) if (e := _eval(r, j)) is not None)
+            others = " · ".join(f"{split} {ci_text(e, 'joint_success', 'n_success')}" for split in ("seen", "paraphrase")
+                                if (e := _eval(r, training, split)) is not None)
+            judges = eval_judges(rows, training)
+            gap = hacking_gap(rows, r["round"], training, judges[1]) if len(judges) > 1 else None
             self._plain(
-                f"round {r['round']} done in {_f(r['seconds'], 0)}s: held-out joint {_f(r['heldout_joint_success'], pct=True)}"
-                f" · train accept {_f(r['accept_rate'], pct=True)} · sa {_f(r['mean_sa'])} · pc {_f(r['mean_pc'])}"
+                f"round {r['round']} done in {_f(r['seconds'], 0)}s: held-out joint {held or '–'}"
+                + (f" · {others}" if others else "")
+                + (f" · gap {gap:+.1f} pp" if gap is not None else "")
+                + f" · train accept {ci_text(r, 'accept_rate', 'n_accept', n_key='n_videos')}"
+                f" · sa {_f(r['mean_sa'])} · pc {_f(r['mean_pc'])}"
                 f" · loss {_f(r['loss'], 3)} · margin {_f(r['margin'], 4)} · pref acc {_f(r['accuracy'], pct=True)}")
         self._refresh(requery=self.live_mode)
 

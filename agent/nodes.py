@@ -18,7 +18,7 @@ from agent.data import passes_filter
 from agent.planner import difficulty_allocation, sample_prompts
 from agent.refine import refine_prompt
 from agent.runtime import Runtime
-from agent.stages import (Clip, derive_seed, evaluate_round, generate_clips, judge_clips, make_probe, timed,
+from agent.stages import (Clip, derive_seed, evaluate_all, generate_clips, judge_clips, make_probe, timed,
                           train_pool)
 from reward.base import HistoryItem, Score
 from store import path_bytes, read_video, sha256_dir, verify
@@ -46,9 +46,7 @@ class Nodes:
         rt.store.start_round(rt.run, 0)
         rt.init_adapter()
         rt.active_adapter = 0
-        evaluate_round(rt, 0, stage="evaluate")
-        if rt.config.evaluate.refine:
-            evaluate_round(rt, 0, refine=True)
+        evaluate_all(rt, 0)
         rt.flush_profile(0)
         rt.store.finish_round(rt.run, 0)
         rt.ui.round_done(rt.run)
@@ -88,10 +86,11 @@ class Nodes:
         if scores:
             return scores
         detail = rt.store.round_detail(rt.run, 0) or {}
-        for ev in detail.get("evaluations", []):
-            if ev["judge"] == rt.judge_name() and not ev["refine"]:
-                per = ev.get("per_category") or {}
-                return {c: v["score"] for c, v in per.items() if v.get("score") is not None}
+        evals = [ev for ev in detail.get("evaluations", []) if ev["judge"] == rt.judge_name() and not ev["refine"]]
+        # the seen split is made of training prompts; held-out scores only when there is none
+        for ev in sorted(evals, key=lambda ev: ev.get("split") != "seen"):
+            per = ev.get("per_category") or {}
+            return {c: v["score"] for c, v in per.items() if v.get("score") is not None}
         return {}
 
     def refine(self, state: LoopState) -> LoopState:
@@ -107,7 +106,7 @@ class Nodes:
                     continue  # refined before a crash: keep it
                 history, parent, bar = self._history(p, k)
                 start = history[-1].prompt if history else p["original"]
-                probe = make_probe(rt, k, p["idx"]) if cfg.refine.probe else None
+                probe = make_probe(rt, k, p["idx"], original=p["original"]) if cfg.refine.probe else None
                 res = refine_prompt(start, history, rt.critic, max_steps=cfg.refine.max_steps,
                                     min_change=cfg.refine.min_change, similarity=rt.similarity, probe=probe,
                                     baseline=bar)
@@ -165,8 +164,10 @@ class Nodes:
         prompts = {p["idx"]: p for p in rt.store.round_prompts(rt.run, k, "train")}
         rows = rt.store.videos(rt.run, k, split="train", kind="generated")
         with timed(rt, k, "judge", len(rows)):
+            # made from the (refined) text, judged against the user's original prompt
             clips = [Clip(v["id"], v["prompt_idx"], v["group_index"], prompts[v["prompt_idx"]]["text"],
-                          read_video(rt.layout.path(v["path"]))) for v in rows]
+                          read_video(rt.layout.path(v["path"])), judge_text=prompts[v["prompt_idx"]]["original"])
+                     for v in rows]
             judge_clips(rt, k, "judge", rt.judge, clips)
         return {}
 
@@ -234,9 +235,7 @@ class Nodes:
         return {}
 
     def evaluate(self, state: LoopState) -> LoopState:
-        evaluate_round(self.rt, state["current"])
-        if self.rt.config.evaluate.refine:
-            evaluate_round(self.rt, state["current"], refine=True)
+        evaluate_all(self.rt, state["current"])
         return {}
 
     def checkpoint(self, state: LoopState) -> LoopState:

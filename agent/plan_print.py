@@ -23,10 +23,12 @@ def print_plan(cfg: RunConfig, preset: str, console: Console | None = None) -> N
                       f"{w.num_inference_steps} steps, CFG {w.guidance_scale}")
     if j.backend == "physics":
         console.print("[bold]judge[/] analytic physics judge of the built-in world")
+    elif j.backend == "synthesis":
+        console.print("[bold]judge[/] analysis-by-synthesis judge of the built-in world")
     else:
         console.print(f"[bold]judge[/] VLM {j.vlm.model} at {', '.join(j.vlm.base_urls)} "
                       f"(concurrency {j.vlm.concurrency}, video as {j.vlm.video_mode})")
-    if cfg.evaluate.judge is not None:
+    if cfg.evaluate.judge:
         ej = cfg.evaluate.judge
         console.print(f"[bold]evaluation judge[/] {ej.backend}" + (f" {ej.vlm.model}" if ej.vlm else ""))
     console.print(f"[bold]training[/] {t.objective}: {t.steps} steps/round, {t.groups_per_step} groups/step, "

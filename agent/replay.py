@@ -7,10 +7,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from agent.dashboard import _f, render_state
+from agent.dashboard import _f, ci_text, render_state, unjudged_note
 
 
 def replay_run(store, run: str, console: Console, *, delay: float = 0.0, export: Path | None = None) -> None:
@@ -96,10 +97,14 @@ def print_round(store, run: str, k: int, console: Console) -> None:
             f"margin {_f(mean('margin'), 4)}, preference accuracy {_f(mean('accuracy'), pct=True)}"
             + ("; [red]diverged: adapter restored[/]" if summary["restored"] else ""))
     for ev in d["evaluations"]:
-        per = ", ".join(f"{c} {_f(v.get('joint_success'), pct=True)}" for c, v in (ev.get("per_category") or {}).items())
-        console.print(f"[bold]held-out[/] [{ev['judge']}{' +refine' if ev['refine'] else ''}] n={ev['n']}: "
-                      f"joint {_f(ev['joint_success'], pct=True)}, sa {_f(ev['mean_sa'])}, pc {_f(ev['mean_pc'])}, "
-                      f"accept {_f(ev['accept_rate'], pct=True)}  ({per})")
+        console.print(f"[bold]{ev.get('split', 'heldout')}[/] {escape('[' + ev['judge'])}{' +refine' if ev['refine'] else ''}] "
+                      f"n={ev['n']}{unjudged_note(ev)}: joint {ci_text(ev, 'joint_success', 'n_success')}, "
+                      f"sa {_f(ev['mean_sa'])}, pc {_f(ev['mean_pc'])}, accept {ci_text(ev, 'accept_rate', 'n_accept')}")
+        for key, title in (("per_category", "category"), ("per_level", "level")):
+            per = ev.get(key) or {}
+            if per:
+                console.print(f"    per {title}: " + " · ".join(
+                    f"{c} {ci_text(v, 'joint_success', 'n_success')}" for c, v in per.items()))
     if d["stage_times"]:
         console.print("[bold]stage times[/] " + ", ".join(f"{s} {v:.1f}s" for s, v in d["stage_times"].items()))
     faults = store.fault_counts(run, k)

@@ -40,6 +40,10 @@ def make_judge(cfg: JudgeConfig):
         from reward.world.judge import PhysicsJudge
 
         return PhysicsJudge()
+    if cfg.backend == "synthesis":
+        from reward.world.synthesis import SynthesisJudge
+
+        return SynthesisJudge()
     from reward.vlm.judge import VLMJudge
 
     return VLMJudge(cfg.vlm)
@@ -97,7 +101,7 @@ class Runtime:
     @cached_property
     def eval_judge(self):
         ej = self.config.evaluate.judge
-        return None if ej is None else make_judge(ej)
+        return make_judge(ej) if ej else None
 
     @cached_property
     def critic(self):

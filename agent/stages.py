@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -17,9 +17,9 @@ import numpy as np
 from agent.failpoints import failpoint
 from agent.refine import refine_prompt
 from agent.runtime import Runtime
-from agent.world_data import SOURCE_HELDOUT, SOURCE_TRAIN, pool_ids
+from agent.world_data import SOURCE_HELDOUT, SOURCE_PARAPHRASE, SOURCE_TRAIN, pool_ids
 from reward.base import Score
-from store import read_video, verify, write_video
+from store import REFINED_OFFSET, read_video, verify, write_video
 
 # ------------------------------------------------------------------ seeds
 def derive_seed(*parts: int | str) -> int:
@@ -34,8 +34,13 @@ class Clip:
     video_id: str
     idx: int
     group_index: int
-    text: str
+    text: str  # what the clip was generated from
     video: np.ndarray
+    judge_text: str | None = None  # what it is judged against (the user's prompt); None: ``text``
+
+    @property
+    def judged_against(self) -> str:
+        return self.text if self.judge_text is None else self.judge_text
 
 
 @contextmanager
@@ -59,8 +64,46 @@ def train_pool(rt: Runtime) -> list[dict]:
 
 
 def heldout_pool(rt: Runtime) -> list[dict]:
-    """The run's held-out prompts (dataset rows), never trained on."""
-    return _pool(rt, SOURCE_HELDOUT, "heldout")
+    """The run's held-out prompts (dataset rows): texts that never occur in its training pool.
+
+    The built-in world's split guarantees it by construction (``agent.world_data``); an
+    imported prompt whose text is also a training prompt's is dropped here all the same.
+    """
+    train_texts = {p["text"] for p in train_pool(rt)}
+    return [p for p in _pool(rt, SOURCE_HELDOUT, "heldout") if p["text"] not in train_texts]
+
+
+def seen_pool(rt: Runtime) -> list[dict]:
+    """``evaluate.seen_prompts`` training prompts, taken in turn from each category: the 'seen' split."""
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for p in train_pool(rt):
+        by_cat[p["category"] or "uncategorised"].append(p)
+    queues = [by_cat[c] for c in sorted(by_cat)]
+    out: list[dict] = []
+    while len(out) < rt.config.evaluate.seen_prompts and any(queues):
+        for q in queues:
+            if q and len(out) < rt.config.evaluate.seen_prompts:
+                out.append(q.pop(0))
+    return out
+
+
+def paraphrase_pool(rt: Runtime) -> list[dict]:
+    """Held-out scenes' short prompts reworded (the built-in world only; imported data has none)."""
+    if rt.config.data.source != "world":
+        return []
+    train_texts = {p["text"] for p in train_pool(rt)}
+    return [p for p in _pool(rt, SOURCE_PARAPHRASE, "paraphrase") if p["text"] not in train_texts]
+
+
+def eval_pool(rt: Runtime, split: str) -> list[dict]:
+    """The dataset rows evaluated on ``split`` ('heldout', 'seen' or 'paraphrase')."""
+    if split == "heldout":
+        return heldout_pool(rt)
+    if split == "seen":
+        return seen_pool(rt)
+    if split == "paraphrase":
+        return paraphrase_pool(rt)
+    raise ValueError(f"unknown evaluation split {split!r}")
 
 
 def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[int, str, int]],
@@ -117,6 +160,8 @@ def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip], passe
     todo = []
     for c in clips:
         row = next((s for s in rt.store.scores(c.video_id) if s["judge"] == name), None)
+        if row is not None and row.get("judged_prompt") not in (None, c.judged_against):
+            row = None  # judged against another text (a store from before judged_prompt): judge again
         if row is not None and row["judged"]:
             done[c.video_id] = Score(row["sa"], row["pc"], bool(row["accept"]), row["rationale"], row["raw"],
                                      details=row.get("details") or {})
@@ -132,11 +177,12 @@ def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip], passe
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
             t0 = time.perf_counter()
-            scores = rt.score_batch(judge, [(c.text, c.video) for c, _ in chunk])
+            scores = rt.score_batch(judge, [(c.judged_against, c.video) for c, _ in chunk])
             per = (time.perf_counter() - t0) / max(1, len(chunk))
             with rt.store.transaction():
                 for (c, attempts), s in zip(chunk, scores):
-                    rt.store.record_score(c.video_id, name, s, attempts=attempts + 1, seconds=per)
+                    rt.store.record_score(c.video_id, name, s, attempts=attempts + 1, seconds=per,
+                                          judged_prompt=c.judged_against)
                     if not s.judged:
                         rt.store.record_event(rt.run, "unjudged", round=k, stage=stage, key=c.video_id,
                                               message=s.error or "")
@@ -156,88 +202,130 @@ def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip], passe
     return done
 
 
-REFINED_OFFSET = 1_000_000  # held-out prompt idx of the refined variant of prompt idx (same split, own rows)
+EVAL_STAGES = {"heldout": "evaluate", "seen": "evaluate-seen", "paraphrase": "evaluate-paraphrase"}
 
 
-def evaluate_round(rt: Runtime, k: int, *, refine: bool = False, stage: str = "evaluate",
+def evaluate_round(rt: Runtime, k: int, *, refine: bool = False, split: str = "heldout",
                    judges: list | None = None) -> dict:
-    """Held-out evaluation of the generator as it is now: generate, judge (every judge), store.
+    """Evaluation of the generator as it is now on ``split``: generate, judge (every judge), store.
 
-    Held-out prompts are never trained on; their seeds are the same every round, so changes
-    between rounds come from the model, not from the noise. With ``refine`` each prompt is
-    first refined by the critic (probing the current model), as a user would at inference;
-    those prompts are stored as their own held-out rows (``idx + REFINED_OFFSET``).
+    'heldout' prompts have texts never trained on; 'seen' ones are training prompts with
+    evaluation-only noise seeds. Seeds are the same every round, so changes between rounds come
+    from the model, not from the noise, and rounds (and runs with the same seed) pair clip for
+    clip. With ``refine`` each prompt is first refined by the critic (probing the current
+    model), as a user would at inference; those prompts are stored as their own rows
+    (``idx + REFINED_OFFSET``), and their clips are judged against the user's original prompt.
+    Joint success counts every clip: an unjudged clip is a failure (``n_judged`` says how many
+    were judged). Returns ``{judge name: summary}``.
     """
     cfg = rt.config
-    pool = heldout_pool(rt)
+    pool = eval_pool(rt, split)
     if not pool:
-        raise RuntimeError("no held-out prompts in the store")
+        if split == "heldout":
+            raise RuntimeError("no held-out prompts in the store")
+        return {}
     offset = REFINED_OFFSET if refine else 0
-    with timed(rt, k, stage if not refine else f"{stage}+refine", len(pool) * cfg.evaluate.clips_per_prompt):
+    stage = EVAL_STAGES[split] + ("+refine" if refine else "")
+    with timed(rt, k, stage, len(pool) * cfg.evaluate.clips_per_prompt):
+        known = {r["idx"]: r for r in rt.store.round_prompts(rt.run, k, split)}
         texts = {}
         for idx, p in enumerate(pool):
-            known = [r for r in rt.store.round_prompts(rt.run, k, "heldout") if r["idx"] == idx + offset]
-            if known and (not refine or known[0]["refine_steps"] or known[0]["critique"] is not None):
-                texts[idx] = known[0]["text"]
+            row = known.get(idx + offset)
+            if row and (not refine or row["refine_steps"] or row["critique"] is not None):
+                texts[idx] = row["text"]
                 continue
             text, steps, critique = p["text"], 0, None
             if refine:
                 res = refine_prompt(p["text"], [], rt.critic, max_steps=max(1, cfg.refine.max_steps),
                                     min_change=cfg.refine.min_change, similarity=rt.similarity,
-                                    probe=make_probe(rt, k, idx + offset))
+                                    probe=make_probe(rt, k, idx + offset, original=p["text"]))
                 text, steps = res.best, len(res.steps)
                 critique = res.steps[-1].critique if res.steps else ""
-            rt.store.record_round_prompt(rt.run, k, "heldout", idx + offset, text=text, original=p["text"],
+            rt.store.record_round_prompt(rt.run, k, split, idx + offset, text=text, original=p["text"],
                                          prompt_id=p["id"], category=p["category"], refine_steps=steps,
                                          critique=critique)
             texts[idx] = text
-        jobs = [(idx + offset, texts[idx], derive_seed(cfg.seed, "heldout", idx)) for idx in range(len(pool))]
-        groups = generate_clips(rt, k, "heldout", "eval", jobs, cfg.evaluate.clips_per_prompt)
-        clips = [c for g in groups for c in g]
+        jobs = [(idx + offset, texts[idx], derive_seed(cfg.seed, split, idx)) for idx in range(len(pool))]
+        groups = generate_clips(rt, k, split, "eval", jobs, cfg.evaluate.clips_per_prompt)
+        original = {idx + offset: p["text"] for idx, p in enumerate(pool)}
+        clips = [replace(c, judge_text=original[c.idx]) for g in groups for c in g]
         results = {}
         if judges is None:
             judges = [rt.judge] + ([rt.eval_judge] if rt.eval_judge is not None else [])
         category_of = {idx + offset: p["category"] for idx, p in enumerate(pool)}
+        level_of = {idx + offset: p.get("level") for idx, p in enumerate(pool)}
         for judge in judges:
             scores = judge_clips(rt, k, stage, judge, clips)
-            summary = summarise(clips, scores, category_of, cfg.judge.threshold)
-            rt.store.record_evaluation(rt.run, k, rt.judge_name(judge), n=summary["n"],
-                                       joint_success=summary["joint_success"], mean_sa=summary["mean_sa"],
-                                       mean_pc=summary["mean_pc"], accept_rate=summary["accept_rate"],
-                                       refine=refine, threshold=cfg.judge.threshold,
-                                       per_category=summary["per_category"])
+            summary = summarise(clips, scores, category_of, cfg.judge.threshold, level_of=level_of)
+            rt.store.record_evaluation(rt.run, k, rt.judge_name(judge), split=split, n=summary["n"],
+                                       n_judged=summary["n_judged"], n_success=summary["n_success"],
+                                       n_accept=summary["n_accept"], joint_success=summary["joint_success"],
+                                       mean_sa=summary["mean_sa"], mean_pc=summary["mean_pc"],
+                                       accept_rate=summary["accept_rate"], refine=refine,
+                                       threshold=cfg.judge.threshold, per_category=summary["per_category"],
+                                       per_level=summary["per_level"])
             results[rt.judge_name(judge)] = summary
     return results
 
 
-def summarise(clips: list[Clip], scores: dict[str, Score], category_of: dict[int, str], threshold: float) -> dict:
-    """Joint success (sa ≥ t and pc ≥ t), mean sa / pc, accept rate, overall and per category."""
+def evaluate_all(rt: Runtime, k: int) -> None:
+    """The round's whole evaluation: held-out prompts, the seen and paraphrase splits and refined held-out
+    prompts where configured."""
+    evaluate_round(rt, k, split="heldout")
+    if rt.config.evaluate.seen_prompts:
+        evaluate_round(rt, k, split="seen")
+    if rt.config.data.source == "world" and rt.config.data.world.paraphrase_scenes_per_family:
+        evaluate_round(rt, k, split="paraphrase")
+    if rt.config.evaluate.refine:
+        evaluate_round(rt, k, split="heldout", refine=True)
+
+
+def summarise(clips: list[Clip], scores: dict[str, Score], category_of: dict[int, str], threshold: float,
+              level_of: dict[int, int | None] | None = None) -> dict:
+    """Joint success (sa ≥ t and pc ≥ t), mean sa / pc, accept rate, overall, per category and per level.
+
+    Rates are over *every* clip (``n``): a clip the judge could not score counts as a failure, so
+    a judge that fails on the hard clips cannot raise the number. Means of sa / pc are over the
+    ``n_judged`` judged clips. Counts (``n_success``, ``n_accept``) are kept for intervals.
+    """
     def agg(cs: list[Clip]) -> dict:
-        ss = [scores[c.video_id] for c in cs if scores[c.video_id].judged]
-        if not ss:
-            return {"n": len(cs), "n_judged": 0, "joint_success": None, "mean_sa": None, "mean_pc": None,
-                    "accept_rate": None, "score": None}
-        return {"n": len(cs), "n_judged": len(ss),
-                "joint_success": float(np.mean([s.joint(threshold) for s in ss])),
-                "mean_sa": float(np.mean([s.sa for s in ss])), "mean_pc": float(np.mean([s.pc for s in ss])),
-                "accept_rate": float(np.mean([bool(s.accept) for s in ss])),
-                "score": float(np.mean([s.mean for s in ss]))}
+        all_scores = [scores.get(c.video_id) for c in cs]
+        ss = [s for s in all_scores if s is not None and s.judged]
+        n = len(cs)
+        n_success = sum(1 for s in ss if s.joint(threshold))
+        n_accept = sum(1 for s in ss if s.accept)
+        return {"n": n, "n_judged": len(ss), "n_success": n_success, "n_accept": n_accept,
+                "joint_success": n_success / n if n else None,
+                "accept_rate": n_accept / n if n else None,
+                "mean_sa": float(np.mean([s.sa for s in ss])) if ss else None,
+                "mean_pc": float(np.mean([s.pc for s in ss])) if ss else None,
+                "score": float(np.mean([s.mean for s in ss])) if ss else None}
 
     by_cat: dict[str, list[Clip]] = defaultdict(list)
+    by_level: dict[str, list[Clip]] = defaultdict(list)
     for c in clips:
         by_cat[category_of.get(c.idx) or "?"].append(c)
+        level = (level_of or {}).get(c.idx)
+        if level is not None:
+            by_level[f"L{level}"].append(c)
     out = agg(clips)
     out["per_category"] = {cat: agg(cs) for cat, cs in sorted(by_cat.items())}
+    out["per_level"] = {lv: agg(cs) for lv, cs in sorted(by_level.items())}
     return out
 
 
-def make_probe(rt: Runtime, k: int, idx: int):
-    """A probe for refinement: one clip of a candidate prompt from the current model, judged."""
+def make_probe(rt: Runtime, k: int, idx: int, *, original: str | None = None):
+    """A probe for refinement: one clip of a candidate prompt from the current model, judged.
+
+    The clip is judged against the user's ``original`` prompt when given (a rewrite that adds
+    requirements is not penalised for them, and one that drops them gains nothing), else
+    against the candidate itself.
+    """
 
     def probe(text: str, step: int):
         seed = derive_seed(rt.config.seed, "probe", k, idx, step)
         g = rt.generate([text], [seed], 1)[0][0]
-        s = rt.score_batch(rt.judge, [(text, g.video)])[0]
+        s = rt.score_batch(rt.judge, [(original or text, g.video)])[0]
         return g.video, s
 
     return probe

@@ -11,7 +11,11 @@ Variants (all on the default preset unless overridden):
 For every trained variant and seed it runs the whole loop (`agent run`) and records held-out
 joint success per round and wall time per round, then writes
 ``bench/results/objectives[_quick].json``, a learning-curve plot ``bench/objectives[_quick].png``
-and prints a Markdown table for BENCHMARKS.md.
+and prints two Markdown tables for BENCHMARKS.md: the learning curves (mean ± sd over seeds, with
+the t-based 95 % CI of the mean in the JSON), and a paired table (``agent/compare.py``): each
+variant's last round against the base model on the very same held-out clips (round 0 of the same
+run: same prompts, same noise), and against PhyGDPO (paired by seed), with Wilson CIs, paired
+differences with cluster-bootstrap CIs over prompts, and p-values; several seeds are strata.
 
     python bench/compare_objectives.py                 # full: 5 rounds × 3 seeds (hours on 2 cores)
     python bench/compare_objectives.py --quick         # minutes: tiny budget, 1 seed (used by a test)
@@ -37,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from _jobs import run_jobs, threads_per_job  # noqa: E402
 
+from agent.stats import mean_ci_over_seeds  # noqa: E402
+
 TRAINED = {
     "sft": ["train.objective='sft'"],
     "rwr": ["train.objective='rwr'"],
@@ -51,6 +57,7 @@ ALL = ["base", "refine-only", *TRAINED]
 
 QUICK = ["rounds=2", "train.steps=6", "plan.prompts_per_round=4", "generate.group_size=2",
          "data.world.train_scenes_per_family=2", "data.world.heldout_scenes_per_family=2",
+         "data.world.paraphrase_scenes_per_family=1", "evaluate.seen_prompts=4",
          "evaluate.clips_per_prompt=1", "generate.toy.steps=6"]
 
 
@@ -99,8 +106,8 @@ def run_variant(name: str, seed: int, preset: str, extra: list[str], runs_dir: P
         store.close()
     if reused == "done":  # the stored rounds' own times, not this process's
         wall = sum(s for s in seconds if s is not None)
-    return {"variant": name, "seed": seed, "curve": curve, "round_seconds": seconds, "wall_seconds": wall,
-            "reused": reused or None}
+    return {"variant": name, "seed": seed, "run": run, "curve": curve, "round_seconds": seconds,
+            "wall_seconds": wall, "reused": reused or None}
 
 
 def _stored_state(runs_dir: Path, run: str, config: dict, baseline_only: bool) -> str | None:
@@ -138,8 +145,10 @@ def summarise(results: list[dict], rounds: int) -> dict:
         per_round = []
         for k in range(rounds + 1):
             vals = [c[k] for c in curves if len(c) > k and c[k] is not None]
+            ci = mean_ci_over_seeds(vals)["ci"] if len(vals) > 1 else [None, None]
             per_round.append({"mean": statistics.fmean(vals) if vals else None,
-                              "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)})
+                              "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals),
+                              "ci": ci})
         secs = [s for r in rs for s in r["round_seconds"] if s is not None]
         out[name] = {"per_round": per_round, "seconds_per_round": statistics.fmean(secs) if secs else None}
     return out
@@ -152,6 +161,109 @@ def table(summary: dict, rounds: int) -> str:
         cells = [("–" if p["mean"] is None else f"{100 * p['mean']:.1f} ± {100 * p['sd']:.1f}") for p in s["per_round"]]
         secs = "–" if s["seconds_per_round"] is None else f"{s['seconds_per_round']:.0f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs} |")
+    return "\n".join(lines)
+
+
+BASELINES = ("base", "refine-only")
+REFERENCE = "phygdpo"  # the variant every other one is also compared with
+
+
+def _side(result: dict, last: int):
+    """The evaluation a variant reports: round 0 (refined prompts for refine-only) or its last round."""
+    from agent.compare import Side
+
+    name = result["variant"]
+    return Side(result["run"], 0 if name in BASELINES else last, refined=name == "refine-only")
+
+
+def _compact(res: dict) -> dict:
+    """What the JSON keeps of an ``agent.compare`` result: per judge, overall and per category."""
+    keep = ("n_pairs", "n_clusters", "a", "b", "diff", "mcnemar", "per_stratum", "over_seeds")
+    return {"a": res["a"]["sides"], "b": res["b"]["sides"], "split": res["split"], "threshold": res["threshold"],
+            "judges": {j: {"overall": {k: d["overall"][k] for k in keep},
+                           "per_category": {c: {k: b[k] for k in ("n_pairs", "a", "b", "diff")}
+                                            for c, b in d["per_category"].items() if b is not None},
+                           "unpaired": d["unpaired"]}
+                       for j, d in res["judges"].items()}}
+
+
+def paired(results: list[dict], runs_dir: Path, *, n_boot: int = 2000) -> dict:
+    """``{variant: {"round", "vs_base", "vs_phygdpo"}}``: paired comparisons on the same held-out clips.
+
+    ``vs_base``: the variant's reported evaluation (its last finished round; refine-only: round 0
+    with refined prompts) against round 0 of the same run with the prompts as written, i.e. the
+    base model on the same prompts and noise; one stratum per seed. ``vs_phygdpo``: against
+    PhyGDPO's last round, runs paired by seed (B − A with A = PhyGDPO: negative is worse). A
+    comparison that cannot be made is ``{"error": …}``; base has no ``vs_base``.
+    """
+    from agent.compare import Side, compare_sides, last_common_round
+    from agent.runtime import open_store
+
+    store = open_store(runs_dir)
+    try:
+        by_variant: dict[str, list[dict]] = {}
+        for r in results:
+            by_variant.setdefault(r["variant"], []).append(r)
+        last = {}
+        for name, rs in by_variant.items():
+            try:
+                last[name] = 0 if name in BASELINES else last_common_round(store, [r["run"] for r in rs])
+            except ValueError:
+                last[name] = None
+        out = {}
+
+        def attempt(pairs, seeds):
+            try:
+                return _compact(compare_sides(store, pairs, strata=seeds, n_boot=n_boot))
+            except ValueError as e:
+                return {"error": str(e)}
+
+        ref = {r["seed"]: r for r in by_variant.get(REFERENCE, [])}
+        for name, rs in by_variant.items():
+            rs = sorted(rs, key=lambda r: r["seed"])
+            entry = {"round": last[name], "vs_base": None, "vs_phygdpo": None}
+            if last[name] is not None:
+                if name != "base":
+                    entry["vs_base"] = attempt([(Side(r["run"], 0), _side(r, last[name])) for r in rs],
+                                               [r["seed"] for r in rs])
+                both = [r for r in rs if r["seed"] in ref]
+                if name != REFERENCE and both and last.get(REFERENCE) is not None:
+                    entry["vs_phygdpo"] = attempt(
+                        [(_side(ref[r["seed"]], last[REFERENCE]), _side(r, last[name])) for r in both],
+                        [r["seed"] for r in both])
+            out[name] = entry
+        return out
+    finally:
+        store.close()
+
+
+def paired_table(pairs: dict) -> str:
+    """Markdown: per variant and judge, its reported success (Wilson 95 % CI, clips pooled over
+    seeds) and the paired differences with the base model and with PhyGDPO (95 % CI, p)."""
+    from agent.stats import fmt_diff, fmt_p
+
+    lines = ["| variant | judge | round | joint success [95 % CI] | Δ vs base [95 % CI] | p | "
+             f"Δ vs {REFERENCE} [95 % CI] | p | pairs |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in pairs.items():
+        docs = [d for d in (e["vs_base"], e["vs_phygdpo"]) if d and "judges" in d]
+        judges = list(dict.fromkeys(j for d in docs for j in d["judges"]))
+        errors = [d["error"] for d in (e["vs_base"], e["vs_phygdpo"]) if d and "error" in d]
+        if not judges:
+            lines.append(f"| {name} | – | {e['round'] if e['round'] is not None else '–'} | – | – | – | – | – | "
+                         f"{'; '.join(errors) or '–'} |")
+            continue
+        for j in judges:
+            base = (e["vs_base"] or {}).get("judges", {}).get(j, {}).get("overall")
+            vs_ref = (e["vs_phygdpo"] or {}).get("judges", {}).get(j, {}).get("overall")
+            own = (base or vs_ref or {}).get("b")
+            cells = [name, j, str(e["round"]), own["text"] if own else "–"]
+            for o, base_column in ((base, True), (vs_ref, False)):
+                if o:
+                    cells += [fmt_diff(o["diff"]["estimate"], o["diff"]["ci"]), fmt_p(o["diff"]["p"])]
+                else:
+                    cells += ["(itself)" if base_column and name == "base" else "–", "–"]
+            cells.append(str((base or vs_ref)["n_pairs"]))
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -234,17 +346,22 @@ def main(argv: list[str] | None = None) -> dict:
             for seed in range(seeds) for name in variants]
     results = run_jobs(run_variant, todo, args.jobs, label=lambda a: f"{a[0]} seed {a[1]}")
     summary = summarise(results, cfg.rounds)
+    pairs = paired(results, args.runs_dir)
     doc = {"benchmark": "objective comparison", "date": date.today().isoformat(),
            "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, "
                       f"{__import__('os').cpu_count()} cores",
            "command": "python bench/compare_objectives.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "jobs": args.jobs, "threads_per_job": threads_per_job(args.jobs) if args.jobs > 1 else None,
            "preset": args.preset, "quick": args.quick, "seeds": seeds, "rounds": cfg.rounds,
-           "wall_seconds": time.perf_counter() - t0, "summary": summary, "runs": results}
+           "wall_seconds": time.perf_counter() - t0, "summary": summary, "paired": pairs, "runs": results}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
+    from agent.compare import clean
+
+    out.write_text(json.dumps(clean(doc), indent=2))
     plot(summary, cfg.rounds, args.plot or ROOT / "bench" / f"objectives{suffix}.png")
     print(table(summary, cfg.rounds))
+    print()
+    print(paired_table(pairs))
     print(f"wrote {out} in {doc['wall_seconds']:.0f}s")
     return doc
 

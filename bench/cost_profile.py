@@ -27,6 +27,13 @@ sys.path.insert(0, str(ROOT))
 STAGES = ("plan", "refine", "generate", "judge", "train", "evaluate", "checkpoint")
 
 
+def stage_seconds(st: dict, stage: str) -> float:
+    """A stage's seconds; ``evaluate`` adds its other splits (``evaluate-seen``, ``evaluate+refine``, …)."""
+    if stage == "evaluate":
+        return sum(v for s, v in st.items() if s == "evaluate" or s.startswith(("evaluate-", "evaluate+")))
+    return st.get(stage, 0.0)
+
+
 def profile(store, runs: list[str]) -> dict:
     """Round time split by stage and by model / judge / overhead, pooled over the rounds of ``runs``."""
     rounds = []
@@ -38,7 +45,7 @@ def profile(store, runs: list[str]) -> dict:
         model, judge = st.get("profile:model", 0.0), st.get("profile:judge", 0.0)
         rounds.append({
             "run": run, "round": m["round"], "seconds": wall,
-            "stage_share": {s: st.get(s, 0.0) / wall for s in STAGES},
+            "stage_share": {s: stage_seconds(st, s) / wall for s in STAGES},
             "model_seconds": model, "judge_seconds": judge,
             "overhead_seconds": wall - model - judge, "overhead_share": (wall - model - judge) / wall,
         })

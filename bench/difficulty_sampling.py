@@ -30,6 +30,7 @@ from _jobs import run_jobs  # noqa: E402
 
 QUICK = ["rounds=2", "train.steps=6", "plan.prompts_per_round=4", "generate.group_size=2",
          "data.world.train_scenes_per_family=2", "data.world.heldout_scenes_per_family=2",
+         "data.world.paraphrase_scenes_per_family=1", "evaluate.seen_prompts=4",
          "evaluate.clips_per_prompt=1", "generate.toy.steps=6"]
 
 
@@ -50,7 +51,8 @@ def one(strategy: str, seed: int, args) -> dict:
         rounds = store.completed_rounds(name)
         per_cat = {}
         for k in rounds:
-            ev = [e for e in store.round_detail(name, k)["evaluations"] if not e["refine"]][0]
+            ev = [e for e in store.round_detail(name, k)["evaluations"]
+                  if not e["refine"] and e.get("split", "heldout") == "heldout" and e["judge"] == "physics"][0]
             per_cat[k] = {c: v["score"] for c, v in (ev["per_category"] or {}).items()}
         alloc = {k: {c["category"]: c["allocation"] for c in store.category_stats(name, k)} for k in rounds if k > 0}
     finally:

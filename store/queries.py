@@ -70,11 +70,15 @@ class Queries:
 
         Keys: ``round``, ``status``, ``seconds``; over the round's generated train videos
         (scores of ``judge``, or of every judge pooled when None): ``n_videos``,
-        ``n_judged``, ``n_unjudged``, ``accept_rate``, ``mean_sa``, ``mean_pc``,
-        ``mean_score`` ((sa+pc)/2), ``joint_success`` (share with sa and pc ≥ ``threshold``);
-        held-out, from ``evaluations`` (averaged over judges when ``judge`` is None):
-        ``heldout_joint_success``, ``heldout_mean_sa``, ``heldout_mean_pc``,
+        ``n_judged``, ``n_unjudged``, ``n_accept``, ``n_joint``, ``accept_rate`` and
+        ``joint_success`` (shares of *all* videos, an unjudged one counting as a failure;
+        joint: sa and pc ≥ ``threshold``), ``mean_sa``, ``mean_pc``, ``mean_score`` ((sa+pc)/2,
+        over judged videos);
+        held-out (split 'heldout'), from ``evaluations`` (averaged over judges when ``judge`` is
+        None): ``heldout_joint_success``, ``heldout_mean_sa``, ``heldout_mean_pc``,
         ``heldout_accept_rate`` (unrefined prompts) and ``heldout_joint_success_refined``;
+        ``evaluations``: every evaluation row of the round (each judge, split and refine, with
+        its counts ``n``, ``n_judged``, ``n_success``, ``n_accept`` for intervals);
         training: ``n_steps``, ``n_skipped_steps``, ``loss``, ``margin``, ``accuracy`` (means
         over steps that were not skipped), ``objective``, ``groups_used``,
         ``groups_skipped``, ``restored``; ``stage_times`` ({stage: seconds}).
@@ -90,18 +94,23 @@ class Queries:
             videos = {r["round"]: r for r in self._rows(
                 "SELECT v.round, COUNT(DISTINCT v.id) AS n_videos, "
                 "COALESCE(SUM(s.judged = 1), 0) AS n_judged, COALESCE(SUM(s.judged = 0), 0) AS n_unjudged, "
-                "AVG(CASE WHEN s.judged THEN s.accept END) AS accept_rate, "
+                "COALESCE(SUM(s.judged = 1 AND s.accept = 1), 0) AS n_accept, "
+                "COALESCE(SUM(s.judged = 1 AND s.sa >= ? AND s.pc >= ?), 0) AS n_joint, "
                 "AVG(CASE WHEN s.judged THEN s.sa END) AS mean_sa, "
                 "AVG(CASE WHEN s.judged THEN s.pc END) AS mean_pc, "
-                "AVG(CASE WHEN s.judged THEN (s.sa + s.pc) / 2.0 END) AS mean_score, "
-                "AVG(CASE WHEN s.judged THEN (s.sa >= ? AND s.pc >= ?) END) AS joint_success "
+                "AVG(CASE WHEN s.judged THEN (s.sa + s.pc) / 2.0 END) AS mean_score "
                 f"FROM videos v LEFT JOIN scores s ON s.video_id = v.id {judge_on} "
                 "WHERE v.run = ? AND v.kind = 'generated' AND v.split = 'train' GROUP BY v.round",
                 (threshold, threshold, *judge_args, run))}
             evals = {(r["round"], r["refine"]): r for r in self._rows(
                 "SELECT round, refine, AVG(joint_success) AS joint_success, AVG(mean_sa) AS mean_sa, "
                 f"AVG(mean_pc) AS mean_pc, AVG(accept_rate) AS accept_rate FROM evaluations WHERE run = ? {eval_judge} "
-                "GROUP BY round, refine", (run, *judge_args))}
+                "AND split = 'heldout' GROUP BY round, refine", (run, *judge_args))}
+            eval_rows: dict[int, list[dict]] = {}
+            for r in self._rows("SELECT round, judge, refine, split, n, n_judged, n_success, n_accept, joint_success, "
+                                "accept_rate, mean_sa, mean_pc FROM evaluations WHERE run = ? "
+                                "ORDER BY round, split, refine, judge", (run,)):
+                eval_rows.setdefault(r.pop("round"), []).append(r)
             steps = {r["round"]: r for r in self._rows(
                 "SELECT round, COUNT(*) AS n_steps, COALESCE(SUM(skipped), 0) AS n_skipped_steps, "
                 "AVG(CASE WHEN NOT skipped THEN loss END) AS loss, AVG(CASE WHEN NOT skipped THEN margin END) AS margin, "
@@ -121,12 +130,14 @@ class Queries:
             v = videos.get(k, {})
             ev, ev_ref = evals.get((k, 0), {}), evals.get((k, 1), {})
             st, sm = steps.get(k, {}), summaries.get(k, {})
+            n = v.get("n_videos", 0)
             out.append({
                 "round": k, "status": r["status"], "seconds": r["seconds"],
-                "n_videos": v.get("n_videos", 0), "n_judged": v.get("n_judged", 0),
-                "n_unjudged": v.get("n_unjudged", 0), "accept_rate": v.get("accept_rate"),
+                "n_videos": n, "n_judged": v.get("n_judged", 0),
+                "n_unjudged": v.get("n_unjudged", 0), "n_accept": v.get("n_accept", 0),
+                "n_joint": v.get("n_joint", 0), "accept_rate": v["n_accept"] / n if n else None,
                 "mean_sa": v.get("mean_sa"), "mean_pc": v.get("mean_pc"), "mean_score": v.get("mean_score"),
-                "joint_success": v.get("joint_success"),
+                "joint_success": v["n_joint"] / n if n else None,
                 "heldout_joint_success": ev.get("joint_success"), "heldout_mean_sa": ev.get("mean_sa"),
                 "heldout_mean_pc": ev.get("mean_pc"), "heldout_accept_rate": ev.get("accept_rate"),
                 "heldout_joint_success_refined": ev_ref.get("joint_success"),
@@ -135,7 +146,7 @@ class Queries:
                 "objective": sm.get("objective"), "groups_used": sm.get("groups_used"),
                 "groups_skipped": sm.get("groups_skipped"),
                 "restored": None if not sm else bool(sm["restored"]),
-                "stage_times": stage_times.get(k, {}),
+                "stage_times": stage_times.get(k, {}), "evaluations": eval_rows.get(k, []),
             })
         return out
 
@@ -170,8 +181,8 @@ class Queries:
             summary = self._one("SELECT * FROM train_summaries WHERE run = ? AND round = ?", (run, k))
             steps = [_loads(r, "extra_json") for r in self._rows(
                 "SELECT * FROM train_steps WHERE run = ? AND round = ? ORDER BY step", (run, k))]
-            evaluations = [_loads(r, "per_category_json") for r in self._rows(
-                "SELECT * FROM evaluations WHERE run = ? AND round = ? ORDER BY judge, refine", (run, k))]
+            evaluations = [_loads(r, "per_category_json", "per_level_json") for r in self._rows(
+                "SELECT * FROM evaluations WHERE run = ? AND round = ? ORDER BY split, judge, refine", (run, k))]
             cats = self._rows("SELECT * FROM category_stats WHERE run = ? AND round = ? ORDER BY category", (run, k))
             times = {r["stage"]: r["seconds"] for r in self._rows(
                 "SELECT stage, seconds FROM stage_times WHERE run = ? AND round = ? ORDER BY finished_at", (run, k))}
@@ -333,6 +344,34 @@ class Queries:
             join = "JOIN rounds r ON r.run = a.run AND r.round = a.round AND r.status = 'done'" if done_only else ""
             return self._one(f"SELECT a.* FROM adapters a {join} WHERE a.run = ? ORDER BY a.round DESC LIMIT 1",
                              (run,))
+
+    def clip_outcomes(self, run: str, round: int, *, judge: str, split: str = "heldout",
+                      refined: bool = False, threshold: float = JOINT_THRESHOLD) -> list[dict]:
+        """Every evaluation clip of a round on ``split``, with ``judge``'s verdict: what paired comparisons use.
+
+        One dict per clip (``kind = 'eval'``), ordered by prompt then clip: ``video_id``,
+        ``prompt_idx``, ``group_index``, ``seed``, ``prompt_id``, ``category``, ``level`` (of
+        the dataset prompt), ``original`` (the user's prompt), ``text`` (what was generated
+        from), ``judged`` (0 when unjudged or not scored by ``judge``), ``sa``, ``pc``,
+        ``success`` (1 when judged with sa and pc ≥ ``threshold``; an unjudged clip is 0) and
+        ``accept``. ``refined`` picks the refined variants (``prompt_idx ≥ REFINED_OFFSET``).
+        """
+        from .store import REFINED_OFFSET
+
+        cmp = ">=" if refined else "<"
+        with self._read():
+            rows = self._rows(
+                "SELECT v.id AS video_id, v.prompt_idx, v.group_index, v.seed, rp.prompt_id, rp.category, "
+                "p.level, rp.original, rp.text, COALESCE(s.judged, 0) AS judged, s.sa, s.pc, "
+                "CASE WHEN s.judged AND s.sa >= ? AND s.pc >= ? THEN 1 ELSE 0 END AS success, "
+                "CASE WHEN s.judged AND s.accept THEN 1 ELSE 0 END AS accept "
+                "FROM videos v JOIN round_prompts rp ON rp.id = v.round_prompt_id "
+                "LEFT JOIN prompts p ON p.id = rp.prompt_id "
+                "LEFT JOIN scores s ON s.video_id = v.id AND s.judge = ? "
+                f"WHERE v.run = ? AND v.round = ? AND v.split = ? AND v.kind = 'eval' AND v.prompt_idx {cmp} ? "
+                "ORDER BY v.prompt_idx, v.group_index",
+                (threshold, threshold, judge, run, int(round), split, REFINED_OFFSET))
+        return rows
 
     def table_counts(self) -> dict[str, int]:
         """Rows per table (diagnostics and idempotency tests)."""

@@ -24,7 +24,7 @@ prompts          id PK · text · category · level (detail level of the text) �
                  real_video (path of the physically correct video, if any) · real_sha256 ·
                  curate_json (why/how it was curated) · created_at.  The prompt *dataset*;
                  shared by all runs.
-round_prompts    id PK · (run, round FK rounds, split 'train'|'heldout', idx) unique ·
+round_prompts    id PK · (run, round FK rounds, split 'train'|'heldout'|'seen'|'paraphrase', idx) unique ·
                  prompt_id FK prompts (nullable) · category · original (text before
                  refinement) · text (the text actually generated from) · parent_id FK
                  round_prompts (the earlier prompt this one continues refining; nullable) ·
@@ -39,17 +39,22 @@ videos           id PK · run · round (FK rounds) · split · prompt_idx · rou
 scores           (video_id FK videos, judge) PK · sa · pc (both in [0, 1]) · accept ·
                  judged (0 when the judge gave no valid answer) · rationale · raw (the
                  judge's raw answer) · error (why unjudged) · attempts · seconds (latency)
-                 · details_json · created_at
+                 · details_json · judged_prompt (the text the clip was judged against: the
+                 user's original prompt, also for a clip made from a refined one) · created_at
 train_steps      (run, round FK rounds, step) PK · loss · margin (implicit reward margin) ·
                  accuracy (preference accuracy) · grad_norm · lr · skipped · reason (why
                  skipped) · alpha_mean · gamma_mean (PGR weights) · extra_json
 train_summaries  (run, round FK rounds) PK · objective · steps · groups_used ·
                  groups_skipped · skip_reasons_json ({reason: count}) · restored (1 when
                  the adapter was rolled back) · seconds · extra_json
-evaluations      (run, round FK rounds, judge, refine 0|1) PK · n · threshold (default
-                 0.75) · joint_success (share with sa ≥ t and pc ≥ t) · mean_sa · mean_pc ·
-                 accept_rate · per_category_json ({category: {n, joint_success, …}}) ·
-                 created_at
+evaluations      (run, round FK rounds, judge, refine 0|1, split) PK · n (clips) ·
+                 n_judged · n_success (clips with sa ≥ t and pc ≥ t; an unjudged clip is a
+                 failure) · n_accept · threshold (default 0.75) · joint_success =
+                 n_success / n · mean_sa · mean_pc (over judged clips) · accept_rate =
+                 n_accept / n · per_category_json and per_level_json ({category: {n,
+                 n_success, joint_success, …}}) · created_at.  ``split`` is 'heldout'
+                 (prompt texts never in the run's training pool), 'seen' (training
+                 prompts, evaluation-only noise) or 'paraphrase'.
 category_stats   (run, round FK rounds, category) PK · score S(k) · difficulty d_k = 1 − S(k)
                  · weight r_k = exp(τ·d_k) · allocation H_r(k) · available H_f(k)
 adapters         (run, round FK rounds) PK · path (relative to the run folder) · sha256 ·
@@ -61,7 +66,9 @@ events           (run FK runs, round (−1 = not tied to a round), stage, kind, 
 ================ ============================================================================
 
 Versions (``PRAGMA user_version``): 0 = empty file; 1 = the tables above; 2 = indexes
-for the dashboard's per-round queries. ``migrate`` applies the missing steps in order,
+for the dashboard's per-round queries; 3 = evaluation splits and counts (``evaluations``
+rebuilt with ``split`` in its key, rows of older runs become split 'heldout' — measured on
+the pre-v3 held-out pool, whose texts could also be training texts), ``scores.judged_prompt``. ``migrate`` applies the missing steps in order,
 each in its own transaction, so opening an old database brings it up to date.
 """
 
@@ -266,6 +273,37 @@ CREATE INDEX scores_by_judge ON scores (judge);
 CREATE INDEX events_by_kind ON events (run, kind);
 """
 
+_V3 = """
+CREATE TABLE evaluations_v3 (
+    run TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    judge TEXT NOT NULL,
+    refine INTEGER NOT NULL DEFAULT 0,
+    split TEXT NOT NULL DEFAULT 'heldout',
+    n INTEGER NOT NULL,
+    n_judged INTEGER,
+    n_success INTEGER,
+    n_accept INTEGER,
+    threshold REAL NOT NULL DEFAULT 0.75,
+    joint_success REAL,
+    mean_sa REAL,
+    mean_pc REAL,
+    accept_rate REAL,
+    per_category_json TEXT,
+    per_level_json TEXT,
+    created_at TEXT NOT NULL DEFAULT {now},
+    PRIMARY KEY (run, round, judge, refine, split),
+    FOREIGN KEY (run, round) REFERENCES rounds(run, round) ON DELETE CASCADE
+);
+INSERT INTO evaluations_v3 (run, round, judge, refine, split, n, threshold, joint_success, mean_sa, mean_pc,
+                            accept_rate, per_category_json, created_at)
+    SELECT run, round, judge, refine, 'heldout', n, threshold, joint_success, mean_sa, mean_pc, accept_rate,
+           per_category_json, created_at FROM evaluations;
+DROP TABLE evaluations;
+ALTER TABLE evaluations_v3 RENAME TO evaluations;
+ALTER TABLE scores ADD COLUMN judged_prompt TEXT
+""".replace("{now}", _NOW)
+
 
 def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
     """A migration that runs ``sql`` statement by statement (inside the caller's transaction)."""
@@ -279,7 +317,7 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
 
 
 #: ``MIGRATIONS[i]`` takes a database at version ``i`` to version ``i + 1``.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2)]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2), _script(_V3)]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: The natural key of every table (what upserts match on).
@@ -294,7 +332,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "scores": ("video_id", "judge"),
     "train_steps": ("run", "round", "step"),
     "train_summaries": ("run", "round"),
-    "evaluations": ("run", "round", "judge", "refine"),
+    "evaluations": ("run", "round", "judge", "refine", "split"),
     "category_stats": ("run", "round", "category"),
     "adapters": ("run", "round"),
     "events": ("run", "round", "stage", "kind", "key"),

@@ -34,7 +34,9 @@ from .queries import Queries
 from .redact import redact, redact_text, secret_values
 from .schema import PRIMARY_KEYS, SCHEMA_VERSION, migrate, user_version
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "seen", "paraphrase")
+EVAL_SPLITS = ("heldout", "seen", "paraphrase")  # the evaluation splits, in report order
+REFINED_OFFSET = 1_000_000  # evaluation prompt idx of the refined variant of prompt idx (same split, own rows)
 KINDS = ("generated", "real", "eval")
 ROUND_STATUSES = ("running", "done", "failed")
 RUN_STATUSES = ("created", "running", "done", "failed", "stopped")
@@ -339,8 +341,11 @@ class Store(Queries):
         return vid
 
     def record_score(self, video_id: str, judge: str, score: Any, *, attempts: int = 1,
-                     seconds: float | None = None) -> None:
+                     seconds: float | None = None, judged_prompt: str | None = None) -> None:
         """A judge's verdict on a video (one row per (video, judge); re-judging overwrites).
+
+        ``judged_prompt`` is the text the clip was judged against (the user's original prompt,
+        also when the clip was generated from a refined one).
 
         ``score`` is a ``reward.base.Score`` or anything with its fields (``sa``, ``pc``,
         ``accept``, ``rationale``, ``raw``, ``judged``, ``error``, ``details``).
@@ -356,6 +361,7 @@ class Store(Queries):
             "judged": judged, "rationale": s.get("rationale") or "", "raw": s.get("raw") or "",
             "error": None if error is None else redact_text(str(error), secret_values()),
             "attempts": int(attempts), "seconds": seconds, "details_json": _json(s.get("details") or None),
+            "judged_prompt": judged_prompt,
         }])
 
     # ------------------------------------------------------------ training
@@ -394,13 +400,22 @@ class Store(Queries):
 
     def record_evaluation(self, run: str, round: int, judge: str, *, n: int, joint_success: float | None,
                           mean_sa: float | None, mean_pc: float | None, accept_rate: float | None,
-                          refine: bool = False, threshold: float = 0.75,
-                          per_category: Mapping[str, Any] | None = None) -> None:
-        """Held-out evaluation of the round's model by ``judge`` (``refine``: prompts were refined)."""
+                          refine: bool = False, threshold: float = 0.75, split: str = "heldout",
+                          n_judged: int | None = None, n_success: int | None = None, n_accept: int | None = None,
+                          per_category: Mapping[str, Any] | None = None,
+                          per_level: Mapping[str, Any] | None = None) -> None:
+        """Evaluation of the round's model on ``split`` by ``judge`` (``refine``: prompts were refined).
+
+        ``n`` counts every clip, judged or not; ``n_success`` / ``n_accept`` count the clips that
+        passed (an unjudged clip is a failure), so intervals can be computed from the row alone.
+        """
+        _check(split, EVAL_SPLITS, "evaluation split")
         self._upsert("evaluations", [{
-            "run": run, "round": int(round), "judge": judge, "refine": bool(refine), "n": int(n),
+            "run": run, "round": int(round), "judge": judge, "refine": bool(refine), "split": split, "n": int(n),
+            "n_judged": n_judged, "n_success": n_success, "n_accept": n_accept,
             "threshold": float(threshold), "joint_success": joint_success, "mean_sa": mean_sa,
             "mean_pc": mean_pc, "accept_rate": accept_rate, "per_category_json": _json(per_category),
+            "per_level_json": _json(per_level),
         }])
 
     def record_category_stats(self, run: str, round: int, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -435,5 +450,5 @@ class Store(Queries):
         }])
 
 
-__all__ = ["Store", "StoreError", "SPLITS", "KINDS", "ROUND_STATUSES", "RUN_STATUSES", "SCHEMA_VERSION",
+__all__ = ["Store", "StoreError", "SPLITS", "EVAL_SPLITS", "REFINED_OFFSET", "KINDS", "ROUND_STATUSES", "RUN_STATUSES", "SCHEMA_VERSION",
            "round_prompt_id", "video_id", "now"]

@@ -43,8 +43,9 @@ def test_cost_profile_on_a_smoke_run(tmp_path):
     import cost_profile
 
     out = tmp_path / "cost.json"
+    # one judge, as the profile's workload was defined (the second, evaluation-only judge is off)
     doc = cost_profile.main(["--preset", "smoke", "--rounds", "1", "--runs-dir", str(tmp_path / "runs"),
-                             "--out", str(out)])
+                             "--set", "evaluate.judge=false", "--out", str(out)])
     assert json.loads(out.read_text())["runs"] == ["profile"]
     assert [r["round"] for r in doc["rounds"]] == [1]
     # every second of the round is model compute, judge calls or the loop's own overhead

@@ -11,7 +11,7 @@ from agent.cli import main
 
 COMMANDS = [[], ["run"], ["runs"], ["show"], ["replay"], ["serve-vlm"], ["world"], ["world", "render"],
             ["world", "judge"], ["world", "sample"], ["data"], ["data", "import"], ["data", "curate"],
-            ["data", "categories"], ["eval"], ["export"], ["grid"]]
+            ["data", "categories"], ["eval"], ["compare"], ["export"], ["grid"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "agent")
@@ -60,6 +60,19 @@ BAD_RUNS = [
 def test_bad_run_input(db, capsys, args, expect):
     runs_dir, before, digest = db
     assert main(["run", "--runs-dir", str(runs_dir), *args]) == 2
+    assert expect in one_line_error(capsys)
+    assert digest() == before
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["keep", "missing"], "no run named 'missing'"),
+    (["keep", "keep", "--split", "train"], "--split must be one of"),
+    (["keep", "keep"], "cannot pair"),
+    (["keep", "keep", "--gap"], "no finished round"),
+], ids=["missing run", "bad split", "no config seed", "gap without rounds"])
+def test_bad_compare_input(db, capsys, args, expect):
+    runs_dir, before, digest = db
+    assert main(["compare", "--runs-dir", str(runs_dir), *args]) == 2
     assert expect in one_line_error(capsys)
     assert digest() == before
 

@@ -9,6 +9,9 @@ from agent.config import load_config
 from agent.graph import STAGES
 from agent.nodes import Nodes
 from agent.runtime import open_store
+from agent.world_data import split_seeds
+from store import REFINED_OFFSET
+from reward.world.physics import FAMILIES
 
 SMALL = ["train.steps=2", "data.world.train_scenes_per_family=1", "data.world.heldout_scenes_per_family=1",
          "plan.prompts_per_round=3"]
@@ -60,8 +63,10 @@ def test_smoke_run_is_consistent(finished):
     assert len(train_videos) == cfg.rounds * n_train * m
     eval_videos = store.videos("r", split="heldout", kind="eval")
     assert len(eval_videos) == (cfg.rounds + 1) * heldout * cfg.evaluate.clips_per_prompt
-    for v in train_videos + eval_videos:
-        assert len(store.scores(v["id"])) == 1
+    for v in train_videos:
+        assert [x["judge"] for x in store.scores(v["id"])] == ["physics"]  # the training judge only
+    for v in eval_videos:  # and the independent evaluation judge beside it
+        assert [x["judge"] for x in store.scores(v["id"])] == ["physics", "synthesis"]
     for k in (1, 2):
         d = store.round_detail("r", k)
         assert d["training"]["summary"] is not None and len(d["training"]["steps"]) == cfg.train.steps
@@ -71,6 +76,40 @@ def test_smoke_run_is_consistent(finished):
     metrics = store.round_metrics("r")
     assert [r["round"] for r in metrics] == [0, 1, 2]
     assert all(r["heldout_joint_success"] is not None for r in metrics)
+
+
+def test_no_text_is_both_trained_on_and_held_out(finished):
+    """From the store: no held-out text was ever a training text (as planned or as refined)."""
+    _, store, _ = finished
+    rows = list(store.db.query("SELECT split, text, original FROM round_prompts WHERE run = 'r'"))
+    train = {r[c] for r in rows if r["split"] == "train" for c in ("text", "original")}
+    heldout = {r[c] for r in rows if r["split"] in ("heldout", "paraphrase") for c in ("text", "original")}
+    seen = {r["original"] for r in rows if r["split"] == "seen"}
+    assert train and heldout and seen
+    assert not train & heldout
+    assert seen <= {p["text"] for p in store.dataset_prompts(source="world-train")}
+
+
+def test_evaluation_rows_count_every_clip(finished):
+    cfg, store, _ = finished
+    for k in store.completed_rounds("r"):
+        evals = {(e["split"], e["judge"]): e for e in store.round_detail("r", k)["evaluations"]}
+        assert {s for s, _ in evals} == {"heldout", "seen", "paraphrase"}
+        for (split, judge), e in evals.items():
+            clips = store.clip_outcomes("r", k, judge=judge, split=split)
+            assert e["n"] == len(clips) and e["n_success"] == sum(c["success"] for c in clips)
+            assert e["joint_success"] == pytest.approx(e["n_success"] / e["n"])
+            assert sum(v["n"] for v in e["per_level"].values()) == e["n"]
+
+
+def test_clips_are_judged_against_the_users_prompt(finished):
+    """Training clips are made from the refined text and judged against the original prompt."""
+    _, store, _ = finished
+    rows = list(store.db.query(
+        "SELECT rp.text, rp.original, s.judged_prompt FROM scores s JOIN videos v ON v.id = s.video_id "
+        "JOIN round_prompts rp ON rp.id = v.round_prompt_id WHERE v.run = 'r' AND v.split = 'train'"))
+    assert rows and all(r["judged_prompt"] == r["original"] for r in rows)
+    assert any(r["text"] != r["original"] for r in rows)  # some were refined
 
 
 def test_rerunning_a_finished_run_adds_nothing(finished):
@@ -122,9 +161,45 @@ def test_runs_sharing_a_store_keep_their_own_prompt_pools(tmp_path):
     store = open_store(tmp_path)
     try:
         heldout = store.round_prompts("small", 0, "heldout")
-        assert len(heldout) == 4  # one scene per family, not the big run's two
-        assert all(p["prompt_id"].endswith("-500000:L0") for p in heldout)
+        assert len(heldout) == 8  # one scene per family at two levels, not the big run's two scenes
+        first = {f: split_seeds(f, True, 1)[0] for f in FAMILIES}
+        assert {p["prompt_id"] for p in heldout} == {f"world:{f}-{s}:L{lv}" for f, s in first.items() for lv in (0, 1)}
         train = {p["prompt_id"] for p in store.round_prompts("small", 1, "train")}
-        assert train and all("-0:L0" in pid for pid in train)
+        assert train and train <= {f"world:{f}-{split_seeds(f, False, 1)[0]}:L0" for f in FAMILIES}
     finally:
         store.close()
+
+
+def test_refined_evaluation_is_judged_against_the_original(tmp_path):
+    """`evaluate.refine`: clips made from a refined held-out prompt are scored against the user's prompt."""
+    cfg = start(tmp_path, "ref", ["rounds=1", "evaluate.refine=true"])
+    loop.execute("ref", cfg)
+    store = open_store(tmp_path)
+    try:
+        rows = list(store.db.query(
+            "SELECT rp.text, rp.original, s.judged_prompt FROM scores s JOIN videos v ON v.id = s.video_id "
+            "JOIN round_prompts rp ON rp.id = v.round_prompt_id WHERE v.run = 'ref' AND v.split = 'heldout' "
+            "AND v.prompt_idx >= ?", (REFINED_OFFSET,)))
+        assert rows and all(r["judged_prompt"] == r["original"] for r in rows)
+        refined = [e for e in store.round_detail("ref", 1)["evaluations"] if e["refine"]]
+        assert refined and all(e["split"] == "heldout" for e in refined)
+    finally:
+        store.close()
+
+
+def test_compare_and_gap_from_the_command_line(finished, capsys, tmp_path):
+    """`agent compare` on a stored run: rounds paired on the same clips, under both judges, and the gap."""
+    import json
+
+    from agent.cli import main
+
+    _, _, runs_dir = finished
+    out = tmp_path / "cmp.json"
+    assert main(["compare", "r", "r", "--round", "2", "--base-round", "0", "--runs-dir", str(runs_dir),
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["judges"]) == {"physics", "synthesis"}
+    o = doc["judges"]["physics"]["overall"]
+    assert o["n_pairs"] > 0 and len(o["diff"]["ci"]) == 2 and "pp" in capsys.readouterr().out
+    assert main(["compare", "r", "r", "--gap", "--runs-dir", str(runs_dir)]) == 0
+    assert "gap" in capsys.readouterr().out

@@ -171,6 +171,30 @@ def test_migrates_version_1_database_keeping_its_rows(tmp_path):
         assert {"videos_by_round", "scores_by_judge", "events_by_kind"} <= indexes
 
 
+def test_migrates_version_2_evaluations_to_the_split_schema(tmp_path):
+    """v2 → v3: evaluations gain a split (old rows: 'heldout') and counts; scores gain judged_prompt."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = ON")
+    assert migrate(conn, MIGRATIONS[:2]) == 2
+    conn.execute("INSERT INTO runs (name, config_json) VALUES ('old', '{}')")
+    conn.execute("INSERT INTO rounds (run, round, status) VALUES ('old', 0, 'done')")
+    conn.execute("INSERT INTO evaluations (run, round, judge, refine, n, joint_success) "
+                 "VALUES ('old', 0, 'physics', 0, 128, 0.25)")
+    conn.commit()
+    conn.close()
+    with Store.open(path) as s:
+        (ev,) = s.round_detail("old", 0)["evaluations"]
+        assert (ev["split"], ev["n"], ev["joint_success"], ev["n_success"]) == ("heldout", 128, 0.25, None)
+        assert "judged_prompt" in {c.name for c in s.db["scores"].columns}
+        s.record_evaluation("old", 0, "physics", split="seen", n=4, n_success=1, joint_success=0.25, mean_sa=None,
+                            mean_pc=None, accept_rate=None)
+        assert {e["split"] for e in s.round_detail("old", 0)["evaluations"]} == {"heldout", "seen"}
+        with pytest.raises(ValueError, match="evaluation split"):
+            s.record_evaluation("old", 0, "physics", split="train", n=1, joint_success=0.0, mean_sa=None,
+                                mean_pc=None, accept_rate=None)
+
+
 def test_refuses_database_from_newer_schema(tmp_path):
     path = tmp_path / "new.db"
     conn = sqlite3.connect(path)
@@ -354,18 +378,19 @@ def test_round_metrics_values(store):
     (m,) = store.round_metrics("r1")
     # judged generated train videos: (1,1,acc) (0.75,0.5,rej) (0.5,0.25,rej); one unjudged
     assert (m["n_videos"], m["n_judged"], m["n_unjudged"]) == (4, 3, 1)
-    assert m["accept_rate"] == pytest.approx(1 / 3)
+    assert m["accept_rate"] == pytest.approx(1 / 4)  # of all four: the unjudged one counts as a failure
+    assert (m["n_accept"], m["n_joint"]) == (1, 1)
     assert m["mean_sa"] == pytest.approx(0.75)
     assert m["mean_pc"] == pytest.approx(1.75 / 3)
     assert m["mean_score"] == pytest.approx((1.0 + 0.625 + 0.375) / 3)
-    assert m["joint_success"] == pytest.approx(1 / 3)
+    assert m["joint_success"] == pytest.approx(1 / 4)
     assert m["heldout_joint_success"] == 0.5 and m["heldout_joint_success_refined"] == 0.75
     assert m["loss"] == pytest.approx(0.5)  # the skipped step's 99.0 is not averaged
     assert (m["n_steps"], m["n_skipped_steps"]) == (4, 1)
     assert m["accuracy"] == pytest.approx(0.75) and m["margin"] == pytest.approx(0.1)
     assert (m["objective"], m["groups_used"], m["groups_skipped"], m["restored"]) == ("phygdpo", 1, 1, False)
     assert m["stage_times"]["train"] == 3.0
-    assert store.round_metrics("r1", threshold=0.5)[0]["joint_success"] == pytest.approx(2 / 3)
+    assert store.round_metrics("r1", threshold=0.5)[0]["joint_success"] == pytest.approx(2 / 4)  # of all four
     assert store.round_metrics("r1", judge="vlm")[0]["n_judged"] == 0
 
 
