@@ -280,7 +280,7 @@ def compare_cmd(run_a: str = typer.Argument(..., help="side A: a run, or comma-s
 
     Clips pair on (prompt, clip index, noise seed): runs with the same seed evaluate the same held-out
     clips every round. Prints joint success of each side with Wilson 95 % CIs, the paired difference in
-    pp with a 95 % cluster-bootstrap CI (prompts resampled) and its p-value, per category and per
+    pp with a 95 % cluster-bootstrap CI (prompt texts resampled) and its p-value, per category and per
     prompt level; several runs per side are paired by seed and averaged (stratified bootstrap).
     """
     from agent.compare import compare_runs, render, reward_hacking_gap, write_json
@@ -289,8 +289,10 @@ def compare_cmd(run_a: str = typer.Argument(..., help="side A: a run, or comma-s
 
     if split not in EVAL_SPLITS:
         fail(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
-    side_a = [r for r in run_a.split(",") if r]
-    side_b = [r for r in run_b.split(",") if r]
+    side_a = [r.strip() for r in run_a.split(",") if r.strip()]
+    side_b = [r.strip() for r in run_b.split(",") if r.strip()]
+    if not side_a or not side_b:
+        fail("RUN_A and RUN_B each need at least one run name")
     for r in side_a + side_b:
         _open_run(r, runs_dir).close()
     store = _open_run(side_b[0], runs_dir)
@@ -305,6 +307,10 @@ def compare_cmd(run_a: str = typer.Argument(..., help="side A: a run, or comma-s
                 if not done:
                     fail(f"run {run!r} has no finished round to compare")
                 k = done[-1] if round is None else round
+                if k not in done:
+                    fail(f"run {run!r} has no finished round {k}; finished rounds: {done}")
+                if k == (base_round or 0):
+                    fail(f"--gap compares round {k} with round {base_round or 0}: pick two different rounds")
                 others = [j for j in judge or [] if j != training]
                 if not others:
                     evals = (store.round_detail(run, k) or {}).get("evaluations", [])
@@ -320,7 +326,10 @@ def compare_cmd(run_a: str = typer.Argument(..., help="side A: a run, or comma-s
             fail(str(e))
         render(res, Console())
         if json_path is not None:
-            write_json(res, json_path)
+            try:
+                write_json(res, json_path)
+            except OSError as e:
+                fail(f"cannot write {json_path}: {e.strerror or e}")
     finally:
         store.close()
 
@@ -338,8 +347,17 @@ def eval_cmd(run: str = typer.Argument(..., help="run name"),
     from agent.config import ConfigError, apply_overrides, dump, validate
     from agent.evaluation import run_eval
 
+    bad = [o for o in overrides if o.split("=", 1)[0].strip().startswith(("data.", "seed", "evaluate.clips",
+                                                                          "evaluate.seen"))]
+    if bad:
+        fail(f"--set {bad[0]!r}: the evaluation prompts, clips and seeds are the run's own; only judges and "
+             "generation settings may be overridden")
     store = _open_run(run, runs_dir)
     try:
+        if store.has_pre_split_evaluations(run):
+            from agent.loop import PRE_SPLIT
+
+            fail(f"run {run!r} {PRE_SPLIT}")
         try:
             cfg = validate(apply_overrides(dump(validate(store.get_run(run)["config"])), list(overrides)))
         except ConfigError as e:

@@ -182,11 +182,15 @@ def _threshold(store, run: str, threshold: float | None) -> float:
 def clip_key(row: dict) -> tuple:
     """What pairs two evaluation clips: (prompt, group_index, seed); the prompt is its dataset id
     (its index when it has none)."""
-    return (_cluster(row), row["group_index"], row["seed"])
+    prompt = row["prompt_id"] if row.get("prompt_id") is not None else f"#{row['prompt_idx']}"
+    return (prompt, row["group_index"], row["seed"])
 
 
 def _cluster(row: dict):
-    return row["prompt_id"] if row.get("prompt_id") is not None else f"#{row['prompt_idx']}"
+    """The resampling unit: the prompt *text* the user gave. The generator and the judges see only
+    the text, so clips of two scenes that share a text are draws of the same thing, not independent
+    prompts (the built-in world's 128 held-out prompt rows have 34 distinct texts)."""
+    return row.get("original") if row.get("original") is not None else clip_key(row)[0]
 
 
 def _keyed(rows: list[dict], side: Side) -> dict[tuple, dict]:
@@ -486,7 +490,7 @@ def render(result: dict, console=None) -> None:
         r = result
         t = Table(title=f"reward hacking: {r['run']} round {r['round']} vs {r['base_round']} ({r['split']}"
                         + (", refined" if r.get("refined") else "") + f", {r['n_pairs']} paired clips, "
-                        f"{r['n_clusters']} prompts)", title_justify="left")
+                        f"{r['n_clusters']} prompt texts)", title_justify="left")
         for col in ("group", "judge", f"round {r['base_round']}", f"round {r['round']}", "gain [95 % CI]", "p"):
             t.add_column(col, justify="left" if col in ("group", "judge") else "right",
                          no_wrap=col in ("group", "judge"))
@@ -530,7 +534,7 @@ def render(result: dict, console=None) -> None:
             console.print(f"  [yellow]unpaired clips left out: A {data['unpaired']['a']}, "
                           f"B {data['unpaired']['b']}[/yellow]")
     p_method = next((d["overall"]["diff"]["p_method"] for d in res["judges"].values()), "")
-    console.print(f"[dim]Δ: paired, prompts resampled ({res['n_boot']} bootstrap draws); p: {p_method}[/dim]")
+    console.print(f"[dim]Δ: paired, prompt texts resampled ({res['n_boot']} bootstrap draws); p: {p_method}[/dim]")
 
 
 __all__ = ["Side", "clean", "write_json", "run_seed", "pair_runs_by_seed", "last_common_round", "judges_of",

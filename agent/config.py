@@ -51,6 +51,14 @@ class WorldDataConfig(_Model):
         0, ge=0, description="held-out scenes per family whose short prompt is also evaluated reworded "
         "with words the base never saw (the 'paraphrase' split); 0 = none")
 
+    @field_validator("heldout_level", mode="before")
+    @classmethod
+    def _strict_levels(cls, v):
+        items = v if isinstance(v, list) else [v]
+        if any(isinstance(x, bool) or not isinstance(x, int) for x in items):
+            raise ValueError("must be a level 0, 1 or 2, or a list of distinct levels")
+        return v
+
     @field_validator("heldout_level")
     @classmethod
     def _levels(cls, v: int | list[int]) -> int | list[int]:
@@ -130,6 +138,13 @@ class EvaluateConfig(_Model):
     judge: JudgeConfig | Literal[False] | None = Field(
         None, description="a second, independent judge for evaluation (the reward-hacking check). Unset: on the "
         "built-in world, its other judge (analysis by synthesis beside the analytic law checks); false: none")
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_or_false(cls, v):
+        if v is None or v is False or isinstance(v, (dict, JudgeConfig)):
+            return v
+        raise ValueError("must be a [evaluate.judge] table (backend = …) or false (no second judge)")
 
 
 class WinnerConfig(_Model):

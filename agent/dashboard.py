@@ -97,7 +97,8 @@ def metrics_table(rows: list[dict], training: str = "physics") -> Table:
     cols += [(f"{split}\n{training}", "right") for split in extra]
     if len(judges) > 1:
         cols.append(("gap\npp", "right"))
-    cols += [("loss", "right"), ("pref\nacc", "right"), ("groups", "right"), ("time s\ntrain/eval", "right")]
+    cols += [("loss\nopen→close", "right"), ("margin", "right"), ("pref\nacc", "right"), ("satu-\nrated", "right"),
+             ("groups", "right"), ("time s\ntrain/eval", "right")]
     for col, just in cols:
         t.add_column(col, justify=just, no_wrap=True)
     for r in rows:
@@ -116,7 +117,9 @@ def metrics_table(rows: list[dict], training: str = "physics") -> Table:
         if len(judges) > 1:
             gap = hacking_gap(rows, r["round"], training, judges[1])
             cells.append("–" if gap is None else f"{gap:+.1f}")
-        cells += [_f(r.get("loss"), 2), _f(r.get("accuracy"), pct=True), groups + restored, times]
+        loss = "–" if r.get("loss_open") is None else f"{r['loss_open']:.2g}→{r['loss_close']:.2g}"
+        cells += [loss, _f(r.get("margin"), 1), _f(r.get("accuracy"), pct=True), _f(r.get("saturated"), pct=True),
+                  groups + restored, times]
         t.add_row(*cells)
     return t
 

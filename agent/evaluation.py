@@ -4,7 +4,7 @@ The round's adapter is loaded (verified by hash), the evaluation clips are gener
 back when the loop already made them with the same seeds — and judged by the training judge
 and by the evaluation judge (``evaluate.judge``; the built-in world's analysis-by-synthesis
 judge by default). Every rate comes with its Wilson 95 % interval, and the gain over round 0 is
-a paired difference on the same clips (prompts resampled by a cluster bootstrap). The gain under
+a paired difference on the same clips (prompt texts resampled by a cluster bootstrap). The gain under
 the training judge minus the gain under the independent one is the reward-hacking gap: a policy
 that games the judge it was trained against gains more under that judge than under the other.
 """
@@ -29,7 +29,9 @@ def evaluate_stored_round(rt: Runtime, k: int, *, refine: bool = False, baseline
     """
     out: dict = {}
     rounds = ([0] if baseline and k != 0 else []) + [k]
-    splits = ["heldout"] + (["seen"] if rt.config.evaluate.seen_prompts else [])
+    world = rt.config.data.world if rt.config.data.source == "world" else None
+    splits = ["heldout"] + (["seen"] if rt.config.evaluate.seen_prompts else []) \
+        + (["paraphrase"] if world is not None and world.paraphrase_scenes_per_family else [])
     for r in rounds:
         rt.load_round_adapter(r)
         out[r] = {}

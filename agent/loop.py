@@ -50,6 +50,21 @@ def prepare_run(cfg: RunConfig, *, preset: str, name: str | None) -> str:
     return name
 
 
+PRE_SPLIT = ("was evaluated by a phyloop from before 2026-12-03, whose held-out prompts could share texts with "
+             "training prompts; continuing it would mix two held-out pools and judges in one curve. It can still be "
+             "shown, replayed and compared; start a new run to continue")
+
+
+def refuse_pre_split_run(name: str, runs_dir: str | Path) -> None:
+    """Raise for a run evaluated before the unseen-text held-out split (schema v3)."""
+    store = open_store(runs_dir)
+    try:
+        if store.has_pre_split_evaluations(name):
+            raise RunError(f"run {name!r} {PRE_SPLIT}")
+    finally:
+        store.close()
+
+
 def load_run_config(name: str, runs_dir: str | Path) -> RunConfig:
     store = open_store(runs_dir)
     try:
@@ -58,6 +73,7 @@ def load_run_config(name: str, runs_dir: str | Path) -> RunConfig:
         store.close()
     if row is None:
         raise RunError(f"no run named {name!r} under {runs_dir}")
+    refuse_pre_split_run(name, runs_dir)
     try:
         return validate(row["config"])
     except ConfigError as e:

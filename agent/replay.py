@@ -35,6 +35,22 @@ def replay_run(store, run: str, console: Console, *, delay: float = 0.0, export:
         console.print(f"wrote {export}")
 
 
+def step_table(steps: list[dict], rows: int = 20) -> Table:
+    """The round's optimiser steps (every n-th of them, and the first and last, up to ``rows`` lines)."""
+    every = max(1, -(-len(steps) // rows))
+    shown = [s for i, s in enumerate(steps) if i % every == 0 or i == len(steps) - 1]
+    t = Table(title=f"training steps ({'all' if every == 1 else f'every {every}th and the last'})",
+              title_justify="left")
+    for c in ("step", "loss", "margin", "pref acc", "saturated", "t mean", "grad norm", "lr", "skipped"):
+        t.add_column(c, justify="right")
+    for s in shown:
+        extra = s.get("extra") or {}
+        t.add_row(str(s["step"]), _f(s["loss"], 4), _f(s["margin"], 3), _f(s["accuracy"], pct=True),
+                  _f(extra.get("saturated"), pct=True), _f(extra.get("t_mean"), 2), _f(s["grad_norm"], 2),
+                  "–" if s["lr"] is None else f"{s['lr']:.2g}", s["reason"] or "" if s["skipped"] else "")
+    return t
+
+
 def print_round(store, run: str, k: int, console: Console) -> None:
     """One round in full: prompts, refinements, each clip's scores, training, evaluation, faults."""
     d = store.round_detail(run, k)
@@ -96,8 +112,10 @@ def print_round(store, run: str, k: int, console: Console) -> None:
             f"skipped {summary['groups_skipped']} {summary.get('skip_reasons') or ''}; mean loss {_f(mean('loss'), 4)}, "
             f"margin {_f(mean('margin'), 4)}, preference accuracy {_f(mean('accuracy'), pct=True)}"
             + ("; [red]diverged: adapter restored[/]" if summary["restored"] else ""))
+        console.print(step_table(d["training"]["steps"]))
     for ev in d["evaluations"]:
-        console.print(f"[bold]{ev.get('split', 'heldout')}[/] {escape('[' + ev['judge'])}{' +refine' if ev['refine'] else ''}] "
+        label = escape(f"[{ev['judge']}{' +refine' if ev['refine'] else ''}]")
+        console.print(f"[bold]{ev.get('split', 'heldout')}[/] {label} "
                       f"n={ev['n']}{unjudged_note(ev)}: joint {ci_text(ev, 'joint_success', 'n_success')}, "
                       f"sa {_f(ev['mean_sa'])}, pc {_f(ev['mean_pc'])}, accept {ci_text(ev, 'accept_rate', 'n_accept')}")
         for key, title in (("per_category", "category"), ("per_level", "level")):

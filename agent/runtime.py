@@ -168,8 +168,9 @@ class Runtime:
             self.run, k, rec["step"], loss=_finite(rec.get("loss")), margin=_finite(rec.get("margin")),
             accuracy=_finite(rec.get("accuracy")), grad_norm=_finite(rec.get("grad_norm")), lr=rec.get("lr"),
             skipped=bool(rec.get("skipped")), reason=rec.get("reason"), alpha_mean=_finite(rec.get("alpha_mean")),
-            gamma_mean=_finite(rec.get("gamma_mean")), extra={"t_mean": rec.get("t_mean"), "seconds": rec.get("seconds"),
-                                                             "loss_raw": repr(rec.get("loss"))})
+            gamma_mean=_finite(rec.get("gamma_mean")),
+            extra={"t_mean": rec.get("t_mean"), "saturated": _finite(rec.get("saturated")),
+                   "seconds": rec.get("seconds"), "loss_raw": repr(rec.get("loss"))})
         self.ui.advance(rec["step"] + 1, self.config.train.steps)
         if rec["step"] + 1 == max(1, self.config.train.steps // 2):
             from agent.failpoints import failpoint

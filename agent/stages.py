@@ -160,8 +160,10 @@ def judge_clips(rt: Runtime, k: int, stage: str, judge, clips: list[Clip], passe
     todo = []
     for c in clips:
         row = next((s for s in rt.store.scores(c.video_id) if s["judge"] == name), None)
-        if row is not None and row.get("judged_prompt") not in (None, c.judged_against):
-            row = None  # judged against another text (a store from before judged_prompt): judge again
+        # a score without judged_prompt (written before it was stored) was judged against the text the
+        # clip was made from; judged against another text than the one asked for now, judge it again
+        if row is not None and (row.get("judged_prompt") or c.text) != c.judged_against:
+            row = None
         if row is not None and row["judged"]:
             done[c.video_id] = Score(row["sa"], row["pc"], bool(row["accept"]), row["rationale"], row["raw"],
                                      details=row.get("details") or {})
@@ -231,6 +233,11 @@ def evaluate_round(rt: Runtime, k: int, *, refine: bool = False, split: str = "h
         texts = {}
         for idx, p in enumerate(pool):
             row = known.get(idx + offset)
+            if row and (row["prompt_id"] != p["id"] or row["original"] != p["text"]):
+                raise RuntimeError(
+                    f"round {k} stored {split} prompt {idx + offset} as {row['prompt_id']!r} ({row['original']!r}) "
+                    f"but the configured pool has {p['id']!r} there: the run's data config changed after it "
+                    "evaluated this round")
             if row and (not refine or row["refine_steps"] or row["critique"] is not None):
                 texts[idx] = row["text"]
                 continue

@@ -98,7 +98,9 @@ def run_variant(name: str, seed: int, preset: str, extra: list[str], runs_dir: P
     wall = time.perf_counter() - t0
     store = open_store(runs_dir)
     try:
-        metrics = store.round_metrics(run)
+        from agent.dashboard import judge_label
+
+        metrics = store.round_metrics(run, judge=judge_label(dump(cfg)))  # the training judge's curve
         key = "heldout_joint_success_refined" if name == "refine-only" else "heldout_joint_success"
         curve = [m[key] for m in metrics]
         seconds = [m["seconds"] for m in metrics[1:]]

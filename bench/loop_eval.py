@@ -65,6 +65,26 @@ def run_seed(seed: int, preset: str, rounds: int, runs_dir: Path, extra: list[st
     return {"seed": seed, "run": name, "wall_seconds": time.perf_counter() - t0 if state != "done" else None}
 
 
+def lost_clips(store, run: str, k: int, judge: str, training: str) -> dict:
+    """Held-out clips ``judge`` accepted at round 0 and rejects at round ``k`` (same prompt and noise):
+    how many, per family, how many of them the training judge accepts at round ``k``, and the kind of
+    failure ``judge`` names first (the head of its rationale, e.g. 'appearance', 'motion')."""
+    def by_key(rnd: int, j: str) -> dict:
+        return {(r["prompt_idx"], r["group_index"], r["seed"]): r for r in store.clip_outcomes(run, rnd, judge=j)}
+
+    before, after, trained = by_key(0, judge), by_key(k, judge), by_key(k, training)
+    keys = [x for x in before if before[x]["success"] and x in after and not after[x]["success"]]
+    kinds: dict[str, int] = {}
+    families: dict[str, int] = {}
+    for x in keys:
+        row = next((s for s in store.scores(after[x]["video_id"]) if s["judge"] == judge), None)
+        kind = (row["rationale"] if row else "").split(":", 1)[0].strip() or "?"
+        kinds[kind] = kinds.get(kind, 0) + 1
+        families[after[x]["category"]] = families.get(after[x]["category"], 0) + 1
+    return {"round": k, "n": len(keys), "per_family": families, "failure_kinds": kinds,
+            "accepted_by_training_judge": sum(trained[x]["success"] for x in keys if x in trained)}
+
+
 def collect(runs_dir: Path, runs: list[str]) -> dict:
     """Curves, paired gains and gaps of stored runs (see the module docstring)."""
     from agent.compare import compare_rounds, reward_hacking_gap
@@ -98,11 +118,13 @@ def collect(runs_dir: Path, runs: list[str]) -> dict:
             judges = sorted({j for c in curves.values() for j in c})
             gaps = {j: reward_hacking_gap(store, run, last, train_judge=training, eval_judge=j)
                     for j in judges if j != training}
+            lost = {j: lost_clips(store, run, last, j, training) for j in judges if j != training}
             out["runs"][run] = {
                 "curves": curves, "gains_vs_round0": gains,
                 "gap": {j: {"train_gain": g["train"]["gain"], "eval_gain": g["eval"]["gain"], "gap": g["gap"],
                             "per_category": {c: v["gap"] for c, v in g["per_category"].items()}}
                         for j, g in gaps.items()},
+                "lost_by_eval_judge": lost,
                 "stage_seconds": {m["round"]: m["stage_times"] for m in metrics},
                 "round_seconds": {m["round"]: m["seconds"] for m in metrics},
             }
@@ -133,7 +155,7 @@ def tables(doc: dict) -> str:
         if not judges:
             continue
         lines += [f"\n**{split}** — joint success per round, Wilson 95 % CI; last column: round {doc['rounds']} − "
-                  "round 0, paired on the same clips (cluster bootstrap over prompts)\n",
+                  "round 0, paired on the same clips (cluster bootstrap over prompt texts)\n",
                   "| run | judge | " + " | ".join(f"round {k}" for k in range(doc["rounds"] + 1)) + " | Δ [95 % CI], p |",
                   "|---|---|" + "---|" * (doc["rounds"] + 2)]
         for run, r in doc["runs"].items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 JOINT_THRESHOLD = 0.75  # VideoPhy-2 joint success: sa and pc both ≥ 4 of 5, i.e. ≥ 0.75 normalised
+OPEN_CLOSE_STEPS = 10  # steps averaged for a round's opening and closing loss
 
 
 def _loads(row: dict, *columns: str) -> dict:
@@ -79,8 +80,10 @@ class Queries:
         ``heldout_accept_rate`` (unrefined prompts) and ``heldout_joint_success_refined``;
         ``evaluations``: every evaluation row of the round (each judge, split and refine, with
         its counts ``n``, ``n_judged``, ``n_success``, ``n_accept`` for intervals);
-        training: ``n_steps``, ``n_skipped_steps``, ``loss``, ``margin``, ``accuracy`` (means
-        over steps that were not skipped), ``objective``, ``groups_used``,
+        training: ``n_steps``, ``n_skipped_steps``, ``loss``, ``margin``, ``accuracy``,
+        ``saturated`` (share of pairs beyond the sigmoid's linear range; means over steps that were
+        not skipped), ``loss_open`` / ``loss_close`` (mean loss of the round's first / last
+        ``OPEN_CLOSE_STEPS`` steps), ``objective``, ``groups_used``,
         ``groups_skipped``, ``restored``; ``stage_times`` ({stage: seconds}).
         Absent data gives None (or 0 for counts).
         """
@@ -114,8 +117,16 @@ class Queries:
             steps = {r["round"]: r for r in self._rows(
                 "SELECT round, COUNT(*) AS n_steps, COALESCE(SUM(skipped), 0) AS n_skipped_steps, "
                 "AVG(CASE WHEN NOT skipped THEN loss END) AS loss, AVG(CASE WHEN NOT skipped THEN margin END) AS margin, "
-                "AVG(CASE WHEN NOT skipped THEN accuracy END) AS accuracy "
+                "AVG(CASE WHEN NOT skipped THEN accuracy END) AS accuracy, "
+                "AVG(CASE WHEN NOT skipped THEN json_extract(extra_json, '$.saturated') END) AS saturated "
                 "FROM train_steps WHERE run = ? GROUP BY round", (run,))}
+            # the round's opening and closing loss: means over its first / last OPEN_CLOSE_STEPS steps
+            ends = {r["round"]: r for r in self._rows(
+                "SELECT s.round, AVG(CASE WHEN s.step < ? THEN s.loss END) AS loss_open, "
+                "AVG(CASE WHEN s.step >= m.last - ? THEN s.loss END) AS loss_close "
+                "FROM train_steps s JOIN (SELECT round, MAX(step) + 1 AS last FROM train_steps WHERE run = ? "
+                "GROUP BY round) m ON m.round = s.round WHERE s.run = ? AND NOT s.skipped GROUP BY s.round",
+                (OPEN_CLOSE_STEPS, OPEN_CLOSE_STEPS, run, run))}
             summaries = {r["round"]: r for r in self._rows(
                 "SELECT round, objective, groups_used, groups_skipped, restored FROM train_summaries WHERE run = ?",
                 (run,))}
@@ -143,6 +154,8 @@ class Queries:
                 "heldout_joint_success_refined": ev_ref.get("joint_success"),
                 "n_steps": st.get("n_steps", 0), "n_skipped_steps": st.get("n_skipped_steps", 0),
                 "loss": st.get("loss"), "margin": st.get("margin"), "accuracy": st.get("accuracy"),
+                "saturated": st.get("saturated"), "loss_open": ends.get(k, {}).get("loss_open"),
+                "loss_close": ends.get(k, {}).get("loss_close"),
                 "objective": sm.get("objective"), "groups_used": sm.get("groups_used"),
                 "groups_skipped": sm.get("groups_skipped"),
                 "restored": None if not sm else bool(sm["restored"]),
@@ -372,6 +385,13 @@ class Queries:
                 "ORDER BY v.prompt_idx, v.group_index",
                 (threshold, threshold, judge, run, int(round), split, REFINED_OFFSET))
         return rows
+
+    def has_pre_split_evaluations(self, run: str) -> bool:
+        """Whether the run was evaluated before schema v3 (evaluation rows without counts): its
+        held-out prompts then came from a pool whose texts could also be training texts."""
+        with self._read():
+            return self._one("SELECT 1 AS x FROM evaluations WHERE run = ? AND n_success IS NULL LIMIT 1",
+                             (run,)) is not None
 
     def table_counts(self) -> dict[str, int]:
         """Rows per table (diagnostics and idempotency tests)."""

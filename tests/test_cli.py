@@ -69,11 +69,37 @@ def test_bad_run_input(db, capsys, args, expect):
     (["keep", "keep", "--split", "train"], "--split must be one of"),
     (["keep", "keep"], "cannot pair"),
     (["keep", "keep", "--gap"], "no finished round"),
-], ids=["missing run", "bad split", "no config seed", "gap without rounds"])
+    (["keep", ","], "at least one run"),
+], ids=["missing run", "bad split", "no config seed", "gap without rounds", "empty side"])
 def test_bad_compare_input(db, capsys, args, expect):
     runs_dir, before, digest = db
     assert main(["compare", "--runs-dir", str(runs_dir), *args]) == 2
     assert expect in one_line_error(capsys)
+    assert digest() == before
+
+
+def test_runs_evaluated_before_the_text_split_are_not_continued(db, capsys):
+    """A run whose evaluations predate the unseen-text held-out split cannot be resumed or re-evaluated."""
+    from store import Store, default_db_path
+
+    runs_dir, _, digest = db
+    with Store.open(default_db_path(runs_dir)) as s:
+        s.start_round("keep", 0)
+        s.record_evaluation("keep", 0, "physics", n=128, joint_success=0.25, mean_sa=None, mean_pc=None,
+                            accept_rate=None)  # no counts: written the way a pre-v3 phyloop left it
+        s.finish_round("keep", 0)
+    before = digest()
+    for args in (["run", "--resume", "keep"], ["eval", "keep"]):
+        assert main([*args, "--runs-dir", str(runs_dir)]) == 2
+        assert "before 2026-12-03" in one_line_error(capsys)
+        assert digest() == before
+
+
+def test_eval_refuses_to_change_the_evaluation_prompts(db, capsys):
+    runs_dir, before, digest = db
+    for override in ("data.world.heldout_scenes_per_family=1", "seed=3", "evaluate.clips_per_prompt=8"):
+        assert main(["eval", "keep", "--set", override, "--runs-dir", str(runs_dir)]) == 2
+        assert "only judges and generation settings" in one_line_error(capsys)
     assert digest() == before
 
 

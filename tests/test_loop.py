@@ -203,3 +203,47 @@ def test_compare_and_gap_from_the_command_line(finished, capsys, tmp_path):
     assert o["n_pairs"] > 0 and len(o["diff"]["ci"]) == 2 and "pp" in capsys.readouterr().out
     assert main(["compare", "r", "r", "--gap", "--runs-dir", str(runs_dir)]) == 0
     assert "gap" in capsys.readouterr().out
+    for args, expect in ((["--gap", "--round", "9"], "no finished round 9"), (["--gap", "--round", "0"], "two different"),
+                         (["--json", str(out / "x.json")], "cannot write")):
+        assert main(["compare", "r", "r", *args, "--runs-dir", str(runs_dir)]) == 2
+        assert expect in capsys.readouterr().err
+
+
+def test_scores_from_before_judged_prompt_are_kept_only_if_judged_against_the_same_text(tmp_path):
+    """A stored score without judged_prompt was judged against the text the clip was made from: it is
+    kept when that is the text asked for, and judged again when the clip must be judged against the
+    user's original prompt instead."""
+    from agent.runtime import Runtime
+    from agent.stages import Clip, judge_clips
+    from store import read_video
+
+    cfg = start(tmp_path, "old", ["rounds=1"])
+    loop.execute("old", cfg)
+    store = open_store(tmp_path)
+    try:
+        rt = Runtime(run="old", config=cfg, store=store)
+        prompts = {p["idx"]: p for p in store.round_prompts("old", 1, "train")}
+        clips = [Clip(v["id"], v["prompt_idx"], v["group_index"], prompts[v["prompt_idx"]]["text"],
+                      read_video(rt.layout.path(v["path"])), judge_text=prompts[v["prompt_idx"]]["original"])
+                 for v in store.videos("old", 1, split="train", kind="generated")]
+        refined = [c for c in clips if c.text != c.judge_text]
+        plain = [c for c in clips if c.text == c.judge_text]
+        assert refined and plain
+        with store.transaction():  # as a pre-v3 store left them
+            store.db.execute("UPDATE scores SET judged_prompt = NULL, rationale = 'old' WHERE video_id IN "
+                             f"({','.join('?' * len(clips))})", [c.video_id for c in clips])
+        judge_clips(rt, 1, "judge", rt.judge, clips)
+        rows = {c.video_id: store.scores(c.video_id)[0] for c in clips}
+        assert all(rows[c.video_id]["judged_prompt"] == c.judge_text for c in refined)  # judged again
+        assert all(rows[c.video_id]["rationale"] == "old" for c in plain)  # kept
+        # a stored evaluation is never re-judged against another pool's prompts
+        from agent.stages import evaluate_round
+        from agent.world_data import ensure_world_prompts
+
+        other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"world": cfg.data.world.model_copy(
+            update={"heldout_scenes_per_family": 2})})})
+        ensure_world_prompts(store, other.data.world, tmp_path)
+        with pytest.raises(RuntimeError, match="data config changed"):
+            evaluate_round(Runtime(run="old", config=other, store=store), 1)
+    finally:
+        store.close()
