@@ -1,8 +1,9 @@
-"""Peak memory of one PhyGDPO training step: LoRA-switch reference vs a full-copy reference.
+"""Peak memory of one PhyGDPO training step: LoRA-switch, round-start and full-copy references.
 
 Each (configuration, reference) runs in a fresh subprocess, which reports its peak resident
 memory (VmHWM from /proc/self/status) at each stage: after imports, after building the model,
-after one training step. Two configurations:
+after one training step. The round-start reference (ψ = the policy at the round's start) keeps
+one copy of the adapter only (its exact extra bytes are reported too). Two configurations:
 
 - ``small``: the built-in world's size — activations dominate, so a second copy of the weights
   is a small part of the peak;
@@ -89,7 +90,9 @@ def child(name: str, reference: str) -> dict:
     stages["step"] = vm_kib("VmHWM")
     with tempfile.TemporaryDirectory() as tmp:
         adapter_bytes = save_adapter(model, tmp).stat().st_size
+    extra = getattr(trainer.reference, "extra_bytes", None)
     return {"config": name, "reference": reference, "params": params, "weight_bytes": weight_bytes,
+            "reference_extra_bytes": extra() if extra else None,
             "peak_kib": stages, "adapter_bytes": adapter_bytes, "loss": summary.history[0]["loss"],
             "step_seconds": summary.history[0]["seconds"], "seconds": time.perf_counter() - t0}
 
@@ -110,7 +113,10 @@ def wan_lora_sizes() -> dict:
         lora = sum(RANK * (modules[n].in_features + modules[n].out_features) for n in self_attention_targets(model))
         params = sum(p.numel() for p in model.parameters())
         out[label] = {"params": params, "lora_params": lora, "lora_fp32_mb": lora * 4 / 2**20,
-                      "model_bf16_gb": params * 2 / 2**30, "model_fp32_gb": params * 4 / 2**30}
+                      "model_bf16_gb": params * 2 / 2**30, "model_fp32_gb": params * 4 / 2**30,
+                      # round-start reference: one fp32 snapshot of the adapter, against the bf16 weights
+                      "round_start_extra_mb": lora * 4 / 2**20,
+                      "round_start_extra_pct_of_bf16_weights": 100 * lora * 4 / (params * 2)}
     return out
 
 
@@ -119,11 +125,17 @@ def summarise(runs: list[dict]) -> dict:
     out = {}
     for name in CONFIGS:
         lora, full = by[(name, "lora-switch")], by[(name, "full-copy")]
+        start = by.get((name, "round-start"))
         base = lora["peak_kib"]["imports"] * 1024  # Python + torch + diffusers before any model
         peak_l, peak_f = lora["peak_kib"]["step"] * 1024, full["peak_kib"]["step"] * 1024
         out[name] = {
             "params": lora["params"], "weight_mb": lora["weight_bytes"] / 2**20,
-            "peak_mb": {"lora-switch": peak_l / 2**20, "full-copy": peak_f / 2**20},
+            "peak_mb": {"lora-switch": peak_l / 2**20, "full-copy": peak_f / 2**20,
+                        "round-start": start["peak_kib"]["step"] / 2**10 if start else None},
+            "round_start_extra_mb": start["reference_extra_bytes"] / 2**20 if start else None,
+            "round_start_extra_pct_of_weights": 100 * start["reference_extra_bytes"] / lora["weight_bytes"]
+            if start else None,
+            "round_start_peak_extra_mb": (start["peak_kib"]["step"] * 1024 - peak_l) / 2**20 if start else None,
             "runtime_baseline_mb": base / 2**20,
             "reference_extra_mb": (peak_f - peak_l) / 2**20,
             "reference_extra_pct_of_weights": 100 * (peak_f - peak_l) / lora["weight_bytes"],
@@ -146,7 +158,7 @@ def main() -> None:
 
     runs = []
     for name in args.configs:
-        for reference in ("lora-switch", "full-copy"):
+        for reference in ("lora-switch", "round-start", "full-copy"):
             proc = subprocess.run([sys.executable, __file__, "--child", name, reference],
                                   capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
@@ -157,7 +169,8 @@ def main() -> None:
                   f"peak {r['peak_kib']['step'] / 2**10:8.0f} MiB  ({r['seconds']:.0f} s)", flush=True)
     result = {
         "benchmark": "train_memory",
-        "what": "peak RSS (VmHWM) of one phygdpo step, LoRA-switch vs full-copy reference, fresh process each",
+        "what": "peak RSS (VmHWM) of one phygdpo step, LoRA-switch vs round-start vs full-copy reference, "
+                "fresh process each",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
                     "note": "CPU, fp32; the machine's 2 cores are shared with other jobs (memory is unaffected, "

@@ -3,7 +3,9 @@
 The policy θ is the frozen backbone plus a LoRA on the query/key/value/output projections of
 every *self*-attention (``blocks.N.attn1.to_q/to_k/to_v/to_out.0``; cross-attention ``attn2`` is
 left alone). The reference ψ is the same network with the LoRA switched off, so DPO needs no
-second copy of the model: ``Y = X(W + 1_action·(α/r)·BA)ᵀ``.
+second copy of the model: ``Y = X(W + 1_action·(α/r)·BA)ᵀ``. The iterative variant
+(``round-start``) takes ψ = the policy at the start of the round, at the cost of one frozen copy
+of the adapter (not of the backbone).
 
 Works for any diffusers ``WanTransformer3DModel`` (the built-in world's tiny one and Wan2.1
 1.3B/14B) through diffusers' PEFT integration. Adapters are saved in diffusers' LoRA format
@@ -23,13 +25,14 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 ADAPTER_NAME = "phyloop"
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 SELF_ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 _PREFIX = "transformer."  # the pipeline component the keys belong to
 
-ReferenceMode = Literal["lora-switch", "full-copy"]
+ReferenceMode = Literal["lora-switch", "round-start", "full-copy"]
 
 
 def self_attention_targets(model: nn.Module) -> list[str]:
@@ -152,12 +155,66 @@ class FullCopyReference:
             return self.model(**forward_kwargs, return_dict=False)[0]
 
 
+class RoundStartReference:
+    """ψ = the policy as it was at the start of the round (iterative / online DPO).
+
+    Keeps a frozen copy of the *adapter* weights only, taken by :meth:`refresh` when a round
+    starts, and swaps it into the LoRA parameters under ``no_grad`` for a reference forward, then
+    swaps the trained weights back (the optimizer's parameters and their autograd state are
+    untouched). Plain parameters swap their storage; sharded ones (FSDP's DTensors, whose storage
+    the sharding owns) swap values in place, one parameter at a time. Either way the extra memory
+    is the snapshot, one adapter (plus, sharded, one parameter's shard in flight), never a copy of
+    the backbone. Before the first :meth:`refresh` the snapshot is the adapter as attached (B = 0:
+    the base model).
+    """
+
+    mode: ReferenceMode = "round-start"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.params = [p for _, p in lora_named_parameters(model)]
+        if not self.params:
+            raise ValueError("a round-start reference needs a model with a LoRA attached")
+        self.in_place = any(isinstance(p, DTensor) for p in self.params)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take the adapter as it is now as the reference (call at the start of every round)."""
+        with torch.no_grad():
+            self.snapshot = [p.detach().clone() for p in self.params]
+
+    def extra_bytes(self) -> int:
+        """Memory this reference adds: the snapshot (and, sharded, the largest shard in flight)."""
+        sizes = [p.numel() * p.element_size() for p in self.params]
+        return sum(sizes) + (max(sizes) if self.in_place else 0)
+
+    def _swap(self) -> None:
+        if self.in_place:
+            for p, s in zip(self.params, self.snapshot):
+                parked = p.detach().clone()
+                p.copy_(s)
+                s.copy_(parked)
+        else:
+            for i, p in enumerate(self.params):
+                p.data, self.snapshot[i] = self.snapshot[i], p.data
+
+    def __call__(self, **forward_kwargs) -> torch.Tensor:
+        with torch.no_grad():
+            self._swap()
+            try:
+                return self.model(**forward_kwargs, return_dict=False)[0]
+            finally:
+                self._swap()
+
+
 def make_reference(model: nn.Module, mode: ReferenceMode = "lora-switch"):
     if mode == "lora-switch":
         return LoraSwitchReference(model)
+    if mode == "round-start":
+        return RoundStartReference(model)
     if mode == "full-copy":
         return FullCopyReference(model)
-    raise ValueError(f"unknown reference mode {mode!r}; expected 'lora-switch' or 'full-copy'")
+    raise ValueError(f"unknown reference mode {mode!r}; expected 'lora-switch', 'round-start' or 'full-copy'")
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

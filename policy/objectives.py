@@ -28,7 +28,10 @@ Diagnostics
     Every objective returns ``(loss, diag)`` where ``diag`` maps names to detached 0-d tensors
     (or ``None`` where a quantity does not exist for the objective, e.g. no reference for SFT):
     ``margin`` (mean implicit reward margin), ``accuracy`` (fraction of pairs with margin > 0),
-    ``alpha_mean`` and ``gamma_mean`` (the PGR weights used; 1 where unweighted).
+    ``saturated`` (fraction of pairs whose margin is beyond the sigmoid's linear range,
+    ``|margin| > SATURATED_MARGIN``: there −log σ either no longer moves or is a straight line, so
+    the pair's gradient no longer depends on how far it is), ``alpha_mean`` and ``gamma_mean``
+    (the PGR weights used; 1 where unweighted).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ DEFAULT_BETA = 2.5
 DEFAULT_T = 1000.0
 
 Diagnostics = dict[str, Tensor | None]
+#: |implicit reward margin| beyond which a pair counts as saturated: σ(−4) = 0.018, so the logistic
+#: loss's gradient weight σ(−z) is within 2 % of 0 (z > 4) or of 1 (z < −4)
+SATURATED_MARGIN = 4.0
 
 
 def flow_matching_error(v_pred: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
@@ -95,6 +101,11 @@ def _pair_difference(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: T
     return (policy_w - ref_w) - (policy_l - ref_l)
 
 
+def saturated_share(margin: Tensor) -> Tensor:
+    """Fraction of pairs with ``|margin| > SATURATED_MARGIN`` (see the module's Diagnostics)."""
+    return (margin.abs() > SATURATED_MARGIN).float().mean()
+
+
 def phygdpo(
     policy_w: Tensor,
     policy_l: Tensor,
@@ -125,6 +136,7 @@ def phygdpo(
     diag: Diagnostics = {
         "margin": margin.mean(),
         "accuracy": (margin > 0).float().mean(),
+        "saturated": saturated_share(margin),
         "alpha_mean": a.detach().mean(),
         "gamma_mean": g.detach().mean(),
     }
@@ -161,6 +173,7 @@ def gdpo_full(
     diag: Diagnostics = {
         "margin": margin.mean(),
         "accuracy": (margin > 0).float().mean(),
+        "saturated": saturated_share(margin),
         "alpha_mean": torch.ones((), device=d.device),
         "gamma_mean": torch.ones((), device=d.device),
     }
@@ -183,6 +196,7 @@ def flow_dpo(
     diag: Diagnostics = {
         "margin": margin.mean(),
         "accuracy": (margin > 0).float().mean(),
+        "saturated": saturated_share(margin),
         "alpha_mean": torch.ones((), device=d.device),
         "gamma_mean": torch.ones((), device=d.device),
     }

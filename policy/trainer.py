@@ -3,7 +3,7 @@
 Each step draws ``groups_per_step`` groups and, per group, one loser ``j`` (uniform), one
 timestep ``t`` and one noise ``x1`` shared by the winner and its loser(s) (Eq. 13: the
 comparison is made at the same point of the same flow). One batched forward of the reference
-(LoRA off, no grad) and one of the policy (LoRA on) give the per-sample errors, and
+(no grad; ψ is the LoRA-off base, or the round-start adapter) and one of the policy (LoRA on) give the per-sample errors, and
 :mod:`policy.objectives` turns them into the loss. For ``gdpo-full`` all m losers enter the
 step (Eq. 6), i.e. m + 1 samples per group instead of 2 — the cost PhyGDPO's bound removes.
 
@@ -110,7 +110,9 @@ class TrainConfig(BaseModel):
 
     lora_rank: int = Field(48, ge=1)
     lora_alpha: float = Field(48.0, gt=0.0)
-    reference: ReferenceMode = "lora-switch"  # full-copy: the ablation/benchmark only
+    # lora-switch: ψ = the base (LoRA off, the paper's LoRA-SR); round-start: ψ = the policy at the start
+    # of the round (iterative DPO; one frozen copy of the adapter); full-copy: the ablation/benchmark only
+    reference: ReferenceMode = "lora-switch"
 
     timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
     logit_mean: float = 0.0
@@ -411,7 +413,7 @@ class Trainer:
             reward = torch.cat([torch.ones(B, device=self.device), (b.sa + b.pc) / 2.0])
             return obj.rwr(self._errors(self._policy, x0, x1, t, text), reward,
                            weighting=cfg.rwr_weighting, tau=cfg.rwr_tau, threshold=cfg.rwr_threshold)
-        ref = self._errors(self.reference, x0, x1, t, text)  # LoRA off, no grad
+        ref = self._errors(self.reference, x0, x1, t, text)  # ψ (LoRA off, or the round-start adapter), no grad
         pol = self._errors(self._policy, x0, x1, t, text)
         pw, pl, rw, rl = pol[:B], pol[B:], ref[:B], ref[B:]
         if cfg.objective == "gdpo-full":
@@ -487,6 +489,8 @@ class Trainer:
 
         gen = self._generator()
         stream = _GroupStream(len(groups), gen)
+        if hasattr(self.reference, "refresh"):  # round-start: ψ = the policy as this round begins
+            self.reference.refresh()
         snapshot = ([_cpu_clone(p) for p in self.params], _cpu_clone(self.optimizer.state_dict()))
         guard = _DivergenceGuard(cfg)
         was_training = self.transformer.training

@@ -133,3 +133,36 @@ def test_adapter_loads_into_wan_pipeline_and_reproduces_outputs(tmp_path):
     a = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
     b = reference_pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
     assert a.shape == (1, 5, 16, 16, 3) and np.array_equal(a, b)
+
+
+def test_round_start_reference_is_the_adapter_as_it_was_at_refresh():
+    model = tiny_transformer()
+    attach_lora(model, rank=4, alpha=4)
+    ref = make_reference(model, "round-start")
+    assert torch.equal(ref(**inputs()), make_reference(model, "lora-switch")(**inputs()))  # B = 0: the base
+    randomise_lora(model, seed=1)
+    ref.refresh()
+    at_refresh = forward(model, **inputs())
+    trained = [p.detach().clone() for p in lora_parameters(model)]
+    randomise_lora(model, seed=7)  # the round trains on
+    assert torch.equal(ref(**inputs()), at_refresh)  # ψ stays the round's start
+    assert not all(torch.equal(p, q) for p, q in zip(lora_parameters(model), trained))
+    assert not torch.equal(forward(model, **inputs()), at_refresh)  # the policy's own weights are back
+    assert all(p.requires_grad for p in lora_parameters(model))
+    lora_bytes = sum(p.numel() * p.element_size() for p in lora_parameters(model))
+    assert ref.extra_bytes() == lora_bytes  # one copy of the adapter, never of the backbone
+
+
+def test_round_start_reference_leaves_the_policy_gradient_intact():
+    model = tiny_transformer()
+    attach_lora(model, rank=4, alpha=4)
+    randomise_lora(model)
+    ref = make_reference(model, "round-start")
+    x = inputs()
+    model.zero_grad()
+    model(**x, return_dict=False)[0].square().mean().backward()
+    expected = [p.grad.clone() for p in lora_parameters(model)]
+    model.zero_grad()
+    ref(**x)  # a reference forward in between changes nothing the policy computes
+    model(**x, return_dict=False)[0].square().mean().backward()
+    assert all(torch.equal(p.grad, g) for p, g in zip(lora_parameters(model), expected))

@@ -90,6 +90,14 @@ def test_gdpo_full_mask_excludes_padding_and_is_overflow_safe():
     # group 1: x = (0, 0) → log 3; group 2: x = 2500 → logsumexp(0, 2500) = 2500 + log(1 + e^{−2500})
     assert loss.item() == pytest.approx((math.log(3) + 2500.0) / 2, rel=1e-12)
     assert diag["accuracy"].item() == pytest.approx(0.0)  # margins 0, 0, −2500: none positive
+    assert diag["saturated"].item() == pytest.approx(1 / 3)  # only |−2500| > 4 (the padding is masked out)
+
+
+def test_saturated_share_counts_margins_beyond_the_linear_range():
+    from policy.objectives import SATURATED_MARGIN, saturated_share
+
+    margins = torch.tensor([0.0, 3.9, -3.9, 4.1, -10.0, SATURATED_MARGIN])
+    assert saturated_share(margins).item() == pytest.approx(2 / 6)  # 4.1 and −10; exactly 4 is not beyond
 
 
 def test_phygdpo_without_pgr_is_m_times_flow_dpo():

@@ -103,6 +103,20 @@ def test_first_step_losses_are_the_chance_levels():
     assert first["phygdpo"]["margin"] == 0.0 and first["phygdpo"]["accuracy"] == 0.0
 
 
+def test_round_start_reference_reopens_every_round_at_chance():
+    """With ψ = the round-start policy every round opens at zero margin (the chance-level loss);
+    with the LoRA-off base as ψ, a round after training opens away from it."""
+    groups = make_groups(ms=[3, 2])
+    opening = {}
+    for reference in ("lora-switch", "round-start"):
+        trainer = Trainer(tiny_transformer(), config(objective="flow-dpo", steps=6, reference=reference))
+        trainer.train_round(groups)
+        opening[reference] = trainer.train_round(groups).history[0]
+    assert opening["round-start"]["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert opening["round-start"]["margin"] == 0.0
+    assert abs(opening["lora-switch"]["loss"] - math.log(2)) > 1e-3
+
+
 def test_phygdpo_without_pgr_is_m_times_flow_dpo_on_the_same_draws():
     groups = make_groups(m=4)
     model = tiny_transformer()
