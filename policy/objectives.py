@@ -249,6 +249,17 @@ def rwr(
     return loss, diag
 
 
+def winner_anchored(loss: Tensor, policy_w: Tensor, weight: float) -> Tensor:
+    """A preference loss plus ``weight · E[ℓθ^w]``: flow matching on the winners beside it.
+
+    DPO-type losses only rank the winner above the loser relative to ψ; both likelihoods may fall
+    together (the policy's errors on the winners grow too), which on a video model shows as blurred,
+    smeared objects. The anchor keeps the winners' own likelihood up, as iterative RPO adds the
+    winner's negative log-likelihood to DPO (Pang et al., 2024). ``weight = 0`` is the plain loss.
+    """
+    return loss if weight == 0 else loss + weight * policy_w.mean()
+
+
 def sft(policy_w: Tensor) -> tuple[Tensor, Diagnostics]:
     """Plain flow matching on the winners: ``E[ℓθ^w]``. No reference, no losers."""
     loss = policy_w.mean()

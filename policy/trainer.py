@@ -93,6 +93,8 @@ class TrainConfig(BaseModel):
     beta: float = Field(obj.DEFAULT_BETA, gt=0.0)  # β·T = 2500 by default, see policy.objectives
     T: float = Field(obj.DEFAULT_T, gt=0.0)
     use_pgr: bool = True  # False: α = γ = 1 (PGR ablation)
+    # preference objectives: + winner_weight · flow-matching error of the winners (objectives.winner_anchored)
+    winner_weight: float = Field(0.0, ge=0.0)
     pgr: PGRConfig = PGRConfig()
     rwr_weighting: obj.RwrWeighting = "linear"
     rwr_tau: float = Field(1.0, gt=0.0)
@@ -415,7 +417,12 @@ class Trainer:
                            weighting=cfg.rwr_weighting, tau=cfg.rwr_tau, threshold=cfg.rwr_threshold)
         ref = self._errors(self.reference, x0, x1, t, text)  # ψ (LoRA off, or the round-start adapter), no grad
         pol = self._errors(self._policy, x0, x1, t, text)
-        pw, pl, rw, rl = pol[:B], pol[B:], ref[:B], ref[B:]
+        loss, diag = self._preference(b, pol[:B], pol[B:], ref[:B], ref[B:])
+        return obj.winner_anchored(loss, pol[:B], cfg.winner_weight), diag
+
+    def _preference(self, b: _Batch, pw: Tensor, pl: Tensor, rw: Tensor, rl: Tensor) -> tuple[Tensor, obj.Diagnostics]:
+        """The DPO-type objective on the winners' / losers' errors under the policy and under ψ."""
+        cfg, B = self.config, b.winners.shape[0]
         if cfg.objective == "gdpo-full":
             M = int(b.m.max())
             def grid(v: Tensor) -> Tensor:

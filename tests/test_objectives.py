@@ -166,3 +166,12 @@ def test_sft_and_flow_matching_error():
     assert err.dtype == torch.float32 and err.tolist() == [1.0, 0.0]
     loss, diag = sft(err)
     assert loss.item() == 0.5 and diag["margin"] is None
+
+
+def test_winner_anchor_adds_the_winners_flow_matching_error():
+    from policy.objectives import winner_anchored
+
+    loss = torch.tensor(0.7, dtype=torch.float64)
+    pw = f64(0.2, 0.4)
+    assert winner_anchored(loss, pw, 0.0) is loss
+    assert winner_anchored(loss, pw, 0.5).item() == pytest.approx(0.7 + 0.5 * 0.3)

@@ -289,3 +289,13 @@ def test_build_group_sample_packs_the_plan():
     real = build_group_sample(real_plan, text=torch.zeros(6, 32), generated=generated, candidates=CANDS,
                               real=torch.full(SHAPE, -1.0))
     assert real.winner.min() == -1 and real.losers.shape[0] == 4
+
+
+def test_winner_weight_anchors_the_preference_loss_at_round_start():
+    """At round 0 the policy equals ψ, so the anchored loss is the chance level + w · the winners' error."""
+    groups = make_groups(ms=[3, 2])
+    plain = Trainer(tiny_transformer(), config(objective="flow-dpo", steps=1)).train_round(groups).history[0]
+    anchored = Trainer(tiny_transformer(), config(objective="flow-dpo", steps=1, winner_weight=2.0)
+                       ).train_round(groups).history[0]
+    assert plain["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert anchored["loss"] > plain["loss"] and anchored["margin"] == plain["margin"] == 0.0
