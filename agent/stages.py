@@ -281,8 +281,7 @@ def evaluate_all(rt: Runtime, k: int) -> None:
     evaluate_round(rt, k, split="heldout")
     if rt.config.evaluate.seen_prompts:
         evaluate_round(rt, k, split="seen")
-    if rt.config.data.source == "world" and rt.config.data.world.paraphrase_scenes_per_family:
-        evaluate_round(rt, k, split="paraphrase")
+    evaluate_round(rt, k, split="paraphrase")  # nothing to do (and nothing recorded) when the pool is empty
     if rt.config.evaluate.refine:
         evaluate_round(rt, k, split="heldout", refine=True)
 
