@@ -32,6 +32,29 @@ def shift_times(t: torch.Tensor, shift: float) -> torch.Tensor:
     return t if shift == 1.0 else shift * t / (1.0 + (shift - 1.0) * t)
 
 
+def draw_times(n: int, generator: torch.Generator, *, sampling: str = "uniform", logit_mean: float = 0.0,
+               logit_std: float = 1.0, shift: float = 1.0, high_noise_fraction: float = 0.0,
+               high_noise_min: float = 0.9) -> torch.Tensor:
+    """Training flow times t ∈ (0, 1) (t = 1 is pure noise), one formula for pretraining and the trainer.
+
+    ``uniform`` or ``logit-normal`` (σ(mean + std·z)), then :func:`shift_times`; finally a share
+    ``high_noise_fraction`` of the draws is replaced by uniform draws from [high_noise_min, 1), where
+    the noisy clip shows nothing and only the prompt can place the objects (the base's layout times).
+    """
+    if sampling == "uniform":
+        t = torch.rand(n, generator=generator)
+    elif sampling == "logit-normal":
+        t = torch.sigmoid(logit_mean + logit_std * torch.randn(n, generator=generator))
+    else:
+        raise ValueError(f"timestep sampling must be 'uniform' or 'logit-normal', got {sampling!r}")
+    t = shift_times(t, shift)
+    if high_noise_fraction > 0.0:
+        pick = torch.rand(n, generator=generator) < high_noise_fraction
+        high = high_noise_min + (1.0 - high_noise_min) * torch.rand(n, generator=generator)
+        t = torch.where(pick, high, t)
+    return t
+
+
 @dataclass
 class Generated:
     """One generated clip and what training needs to use it without re-encoding."""

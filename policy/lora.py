@@ -35,12 +35,35 @@ _PREFIX = "transformer."  # the pipeline component the keys belong to
 ReferenceMode = Literal["lora-switch", "round-start", "full-copy"]
 
 
+FFN_PROJECTIONS = ("ffn.net.0.proj", "ffn.net.2")
+CROSS_ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+#: which linears of each Wan block carry the LoRA: the paper's self-attention; + the feed-forward;
+#: or every block linear (self- and cross-attention, feed-forward)
+LoraTargets = Literal["self-attention", "attention+ffn", "all-linear"]
+LORA_TARGETS: tuple[str, ...] = ("self-attention", "attention+ffn", "all-linear")
+
+
 def self_attention_targets(model: nn.Module) -> list[str]:
     """Names of the self-attention projections of every block: ``blocks.N.attn1.{to_q,…}``."""
+    return lora_targets(model, "self-attention")
+
+
+def lora_targets(model: nn.Module, targets: str = "self-attention", check: bool = True) -> list[str]:
+    """Module names of every block's LoRA-carrying linears for a :data:`LoraTargets` choice
+    (``check``: each must be a plain ``nn.Linear``, i.e. the model carries no LoRA there yet)."""
+    if targets not in LORA_TARGETS:
+        raise ValueError(f"LoRA targets must be one of {', '.join(LORA_TARGETS)}, got {targets!r}")
     blocks = getattr(model, "blocks", None)
     if blocks is None or len(blocks) == 0:
         raise ValueError(f"{type(model).__name__} has no `blocks`; expected a WanTransformer3DModel")
-    names = [f"blocks.{i}.attn1.{p}" for i in range(len(blocks)) for p in SELF_ATTENTION_PROJECTIONS]
+    per_block = [f"attn1.{p}" for p in SELF_ATTENTION_PROJECTIONS]
+    if targets == "all-linear":
+        per_block += [f"attn2.{p}" for p in CROSS_ATTENTION_PROJECTIONS]
+    if targets != "self-attention":
+        per_block += list(FFN_PROJECTIONS)
+    names = [f"blocks.{i}.{p}" for i in range(len(blocks)) for p in per_block]
+    if not check:
+        return names
     modules = dict(model.named_modules())
     missing = [n for n in names if not isinstance(modules.get(n), nn.Linear)]
     if missing:
@@ -58,21 +81,26 @@ def lora_config(model: nn.Module) -> LoraConfig:
     return model.peft_config[ADAPTER_NAME]
 
 
-def attach_lora(model: nn.Module, rank: int = 48, alpha: float = 48.0) -> None:
+def attach_lora(model: nn.Module, rank: int = 48, alpha: float = 48.0, targets: str = "self-attention") -> None:
     """Attach the LoRA (B = 0, so the policy starts equal to the reference) and freeze the base.
 
-    Only the LoRA parameters require grad afterwards. Attaching twice with the same rank/alpha is
-    a no-op; with a different one it is an error (a silent mismatch would change the scale α/r).
+    Only the LoRA parameters require grad afterwards. Attaching twice with the same rank, alpha and
+    targets is a no-op; with different ones it is an error (a silent mismatch would change the
+    scale α/r or which layers train).
     """
+    wanted = lora_targets(model, targets, check=not has_lora(model))
     if has_lora(model):
         cfg = lora_config(model)
         if cfg.r != rank or float(cfg.lora_alpha) != float(alpha):
             raise ValueError(f"model already has a LoRA with rank {cfg.r}, alpha {cfg.lora_alpha}; "
                              f"asked for rank {rank}, alpha {alpha}")
+        if set(cfg.target_modules) != set(wanted):
+            raise ValueError(f"model already has a LoRA on {len(cfg.target_modules)} other modules; "
+                             f"asked for targets {targets!r}")
         return
     if rank < 1 or alpha <= 0:
         raise ValueError(f"LoRA rank must be ≥ 1 and alpha > 0, got rank {rank}, alpha {alpha}")
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=self_attention_targets(model),
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=wanted,
                         lora_dropout=0.0, init_lora_weights=True)
     model.requires_grad_(False)
     model.add_adapter(config, adapter_name=ADAPTER_NAME)  # diffusers' PeftAdapterMixin
@@ -267,6 +295,14 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None
     return state, config
 
 
+def targets_of(state: dict[str, torch.Tensor]) -> str:
+    """The :data:`LoraTargets` choice a saved adapter was trained with, read from its keys (a saved
+    config keeps only the modules' last names, ``to_q``, ``proj``, which do not tell attn1 from attn2)."""
+    if any(".attn2." in k for k in state):
+        return "all-linear"
+    return "attention+ffn" if any(".ffn." in k for k in state) else "self-attention"
+
+
 def load_adapter(model: nn.Module, path: str | Path) -> None:
     """Load a saved adapter into ``model`` (attaching the LoRA first if it has none).
 
@@ -277,7 +313,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
     if not has_lora(model):
         rank = int(config["r"]) if config else next(v.shape[0] for k, v in state.items() if "lora_A" in k)
         alpha = float(config["lora_alpha"]) if config else float(rank)
-        attach_lora(model, rank=rank, alpha=alpha)
+        attach_lora(model, rank=rank, alpha=alpha, targets=targets_of(state))
     elif config and (int(config["r"]) != lora_config(model).r
                      or float(config["lora_alpha"]) != float(lora_config(model).lora_alpha)):
         raise ValueError(f"adapter at {path} has rank {config['r']}, alpha {config['lora_alpha']}; the model's "

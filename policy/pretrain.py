@@ -29,7 +29,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
-from policy.base import shift_times
+from policy.base import draw_times
 
 Log = Callable[[str], None]
 
@@ -94,20 +94,11 @@ def cosine_lr(step: int, cfg: PretrainConfig) -> float:
 
 
 def sample_t(n: int, cfg: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Training times: uniform or logit-normal, then shifted, then a fraction replaced by high-noise draws.
-
-    The extra draws happen only when a fraction is set, so configs without one reproduce older builds.
-    """
-    if cfg.timesteps == "uniform":
-        t = torch.rand(n, generator=generator)
-    else:
-        t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
-    t = shift_times(t, cfg.timestep_shift)
-    if cfg.high_noise_fraction > 0.0:
-        pick = torch.rand(n, generator=generator) < cfg.high_noise_fraction
-        high = cfg.high_noise_min + (1.0 - cfg.high_noise_min) * torch.rand(n, generator=generator)
-        t = torch.where(pick, high, t)
-    return t
+    """Training times (:func:`policy.base.draw_times`). The high-noise draws happen only when a
+    fraction is set, so configs without one reproduce older builds."""
+    return draw_times(n, generator, sampling=cfg.timesteps, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
+                      shift=cfg.timestep_shift, high_noise_fraction=cfg.high_noise_fraction,
+                      high_noise_min=cfg.high_noise_min)
 
 
 def flow_matching_loss(transformer: torch.nn.Module, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor,

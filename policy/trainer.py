@@ -61,8 +61,8 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from policy import objectives as obj
-from policy.base import GroupSample, shift_times
-from policy.lora import (ADAPTER_NAME, WEIGHT_NAME, ReferenceMode, attach_lora, load_adapter, lora_config,
+from policy.base import GroupSample, draw_times
+from policy.lora import (ADAPTER_NAME, WEIGHT_NAME, LoraTargets, ReferenceMode, attach_lora, load_adapter, lora_config,
                          lora_named_parameters, lora_parameters, lora_state_dict, make_reference, read_adapter,
                          save_adapter)
 
@@ -112,14 +112,22 @@ class TrainConfig(BaseModel):
 
     lora_rank: int = Field(48, ge=1)
     lora_alpha: float = Field(48.0, gt=0.0)
+    # which linears of each block carry the LoRA: the paper's self-attention, + FFN, or every block linear
+    lora_targets: LoraTargets = "self-attention"
     # lora-switch: ψ = the base (LoRA off, the paper's LoRA-SR); round-start: ψ = the policy at the start
     # of the round (iterative DPO; one frozen copy of the adapter); full-copy: the ablation/benchmark only
     reference: ReferenceMode = "lora-switch"
 
+    # the per-sample error the objectives compare: the flow-matching velocity error (the paper's), or the
+    # implied clean clip's, t²× it (objectives.clean_clip_error), which no longer lets low-t draws dominate
+    error_space: Literal["velocity", "x0"] = "velocity"
     timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0.0)
     timestep_shift: float = Field(1.0, gt=0.0)  # t ← s·t / (1 + (s − 1)·t), as Wan's sampler shift
+    # a share of each batch drawn uniformly from [high_noise_min, 1): the base's layout times (its recipe: 0.3, 0.9)
+    high_noise_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    high_noise_min: float = Field(0.9, ge=0.0, lt=1.0)
 
     gradient_checkpointing: bool = False
     fsdp: bool = False  # shard with FSDP2 across processes (see the module doc); one process: ignored
@@ -157,12 +165,10 @@ def cosine_lr(step: int, steps: int, lr: float, lr_min: float, warmup_steps: int
 
 
 def sample_timesteps(n: int, config: TrainConfig, generator: torch.Generator) -> Tensor:
-    """Flow times t ∈ (0, 1) (t = 1 is pure noise): uniform or logit-normal, then shifted."""
-    if config.timestep_sampling == "uniform":
-        t = torch.rand(n, generator=generator)
-    else:
-        t = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(n, generator=generator))
-    return shift_times(t, config.timestep_shift)
+    """Flow times t ∈ (0, 1) (t = 1 is pure noise) for a step, as :func:`policy.base.draw_times`."""
+    return draw_times(n, generator, sampling=config.timestep_sampling, logit_mean=config.logit_mean,
+                      logit_std=config.logit_std, shift=config.timestep_shift,
+                      high_noise_fraction=config.high_noise_fraction, high_noise_min=config.high_noise_min)
 
 
 @dataclass
@@ -320,7 +326,7 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(mixed_precision="no")
         cfg = self.config
 
-        attach_lora(transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        attach_lora(transformer, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         elif getattr(transformer, "gradient_checkpointing", False):
@@ -399,7 +405,8 @@ class Trainer:
         dtype = self.transformer.dtype
         with self._autocast():
             v = net(hidden_states=x_t.to(dtype), timestep=t * 1000.0, encoder_hidden_states=text.to(dtype))
-        return obj.flow_matching_error(v, x0, x1)
+        err = obj.flow_matching_error(v, x0, x1)
+        return obj.clean_clip_error(err, t) if self.config.error_space == "x0" else err
 
     def _policy(self, **kw) -> Tensor:
         return self.model(**kw, return_dict=False)[0]

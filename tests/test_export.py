@@ -61,5 +61,28 @@ def test_key_mapping():
     assert comfyui_key("transformer.blocks.12.attn1.to_out.0.lora_A.weight") == \
         "diffusion_model.blocks.12.self_attn.o.lora_A.weight"
     assert comfyui_key("blocks.3.attn2.to_v.lora_B.weight") == "diffusion_model.blocks.3.cross_attn.v.lora_B.weight"
+    assert comfyui_key("blocks.0.ffn.net.0.proj.lora_A.weight") == "diffusion_model.blocks.0.ffn.0.lora_A.weight"
+    assert comfyui_key("blocks.1.ffn.net.2.lora_B.weight") == "diffusion_model.blocks.1.ffn.2.lora_B.weight"
     with pytest.raises(ValueError, match="no ComfyUI name"):
-        comfyui_key("blocks.0.ffn.net.0.proj.lora_A.weight")
+        comfyui_key("blocks.0.norm2.lora_A.weight")
+
+
+@pytest.mark.parametrize("targets", ["attention+ffn", "all-linear"])
+def test_wider_lora_targets_round_trip_through_diffusers_converter(tmp_path, targets):
+    model = tiny_transformer()
+    attach_lora(model, rank=4, alpha=8, targets=targets)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in lora_parameters(model):
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    save_adapter(model, tmp_path / "adapter")
+    sd = load_file(str(export_comfyui(tmp_path / "adapter", tmp_path / "comfy.safetensors")))
+    assert "diffusion_model.blocks.1.ffn.2.lora_B.weight" in sd
+    assert ("diffusion_model.blocks.0.cross_attn.k.lora_A.weight" in sd) == (targets == "all-linear")
+    kw = dict(hidden_states=torch.randn(2, 3, 4, 8, 8, generator=g), timestep=torch.tensor([100.0, 900.0]),
+              encoder_hidden_states=torch.randn(2, 6, 32, generator=g), return_dict=False)
+    for path in (tmp_path / "adapter", tmp_path / "comfy.safetensors"):  # phyloop's own file, then ComfyUI's
+        fresh = tiny_transformer()
+        load_adapter(fresh, path)  # attaches the LoRA on the same targets
+        with torch.no_grad():
+            torch.testing.assert_close(fresh(**kw)[0], model(**kw)[0], rtol=1e-5, atol=1e-6)

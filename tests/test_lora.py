@@ -56,6 +56,22 @@ def test_attach_twice_checks_rank():
     attach_lora(model, rank=4, alpha=4)  # no-op
     with pytest.raises(ValueError, match="already has a LoRA"):
         attach_lora(model, rank=8, alpha=8)
+    with pytest.raises(ValueError, match="other modules"):
+        attach_lora(model, rank=4, alpha=4, targets="attention+ffn")
+    with pytest.raises(ValueError, match="LoRA targets must be one of"):
+        attach_lora(tiny_transformer(), rank=4, alpha=4, targets="ffn")
+
+
+def test_wider_lora_targets_add_the_feed_forward_and_cross_attention():
+    ffn = tiny_transformer()
+    attach_lora(ffn, rank=4, alpha=4, targets="attention+ffn")
+    wrapped = {n.rsplit(".base_layer", 1)[0] for n, _ in ffn.named_modules() if n.endswith(".base_layer")}
+    assert wrapped == {f"blocks.{i}.{p}" for i in range(2) for p in
+                       ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ffn.net.0.proj", "ffn.net.2")}
+    every = tiny_transformer()
+    attach_lora(every, rank=4, alpha=4, targets="all-linear")
+    wrapped_all = {n.rsplit(".base_layer", 1)[0] for n, _ in every.named_modules() if n.endswith(".base_layer")}
+    assert wrapped_all == wrapped | {f"blocks.{i}.attn2.{p}" for i in range(2) for p in ("to_q", "to_k", "to_v", "to_out.0")}
 
 
 def test_reference_mode_is_the_base_model_bit_for_bit():

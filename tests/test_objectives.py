@@ -175,3 +175,18 @@ def test_winner_anchor_adds_the_winners_flow_matching_error():
     pw = f64(0.2, 0.4)
     assert winner_anchored(loss, pw, 0.0) is loss
     assert winner_anchored(loss, pw, 0.5).item() == pytest.approx(0.7 + 0.5 * 0.3)
+
+
+def test_clean_clip_error_is_t_squared_times_the_velocity_error():
+    """x̂0 = x_t − t·v: a velocity error Δ is a clip error t·Δ, so the squared error scales by t²."""
+    from policy.objectives import clean_clip_error
+
+    x0, x1 = torch.zeros(3, 2, 2), torch.ones(3, 2, 2)
+    t = torch.tensor([0.1, 0.5, 1.0])
+    v = torch.full((3, 2, 2), 3.0)  # velocity error 2 everywhere: ℓ = 4
+    ell = flow_matching_error(v, x0, x1)
+    x_t = (1 - t.view(-1, 1, 1)) * x0 + t.view(-1, 1, 1) * x1
+    x0_hat = x_t - t.view(-1, 1, 1) * v
+    direct = (x0_hat - x0).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(clean_clip_error(ell, t), direct)
+    assert clean_clip_error(ell, t).tolist() == pytest.approx([0.04, 1.0, 4.0])

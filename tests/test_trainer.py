@@ -299,3 +299,25 @@ def test_winner_weight_anchors_the_preference_loss_at_round_start():
                        ).train_round(groups).history[0]
     assert plain["loss"] == pytest.approx(math.log(2), rel=1e-6)
     assert anchored["loss"] > plain["loss"] and anchored["margin"] == plain["margin"] == 0.0
+
+
+def test_high_noise_share_replaces_draws_with_layout_times():
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(20000, config(timestep_sampling="logit-normal", logit_mean=0.3, timestep_shift=2.0,
+                                       high_noise_fraction=0.3, high_noise_min=0.9), g)
+    plain = sample_timesteps(20000, config(timestep_sampling="logit-normal", logit_mean=0.3, timestep_shift=2.0),
+                             torch.Generator().manual_seed(0))
+    share, base = (t >= 0.9).float().mean().item(), (plain >= 0.9).float().mean().item()
+    assert share == pytest.approx(0.3 + 0.7 * base, abs=0.015) and base < 0.2
+    with pytest.raises(ValidationError):
+        config(high_noise_fraction=1.5)
+
+
+def test_x0_error_space_scales_the_errors_by_t_squared():
+    """The first step's SFT loss is the mean winner error: t²-weighted in the clip space."""
+    groups = make_groups(ms=[3, 2])
+    cfg = dict(objective="sft", steps=1, timestep_sampling="logit-normal")
+    vel = Trainer(tiny_transformer(), config(**cfg)).train_round(groups).history[0]
+    x0 = Trainer(tiny_transformer(), config(**cfg, error_space="x0")).train_round(groups).history[0]
+    assert vel["t_mean"] == x0["t_mean"]  # the same draws
+    assert 0 < x0["loss"] < vel["loss"]  # every t² < 1
