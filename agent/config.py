@@ -151,6 +151,14 @@ class WinnerConfig(_Model):
     policy: Literal["real", "best-accepted", "real-else-best"] = "real-else-best"
 
 
+class LoopTrainConfig(TrainConfig):
+    """:class:`~policy.trainer.TrainConfig` plus what the loop decides about the data it trains on."""
+
+    replay_rounds: int = Field(
+        0, ge=0, description="also train on the groups of the previous N rounds (their stored clips and "
+        "scores, re-encoded); 0 = strictly on-policy, only this round's groups")
+
+
 class RunConfig(_Model):
     rounds: int = Field(5, ge=1)
     seed: int = 0
@@ -169,7 +177,7 @@ class RunConfig(_Model):
     generate: GenerateConfig = GenerateConfig()
     judge: JudgeConfig = JudgeConfig()
     winner: WinnerConfig = WinnerConfig()
-    train: TrainConfig = TrainConfig()
+    train: LoopTrainConfig = LoopTrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")

@@ -24,6 +24,41 @@ from reward.base import HistoryItem, Score
 from store import path_bytes, read_video, sha256_dir, verify
 
 
+def _round_groups(rt: Runtime, k: int, dataset: dict) -> tuple[list, Counter]:
+    """Round ``k``'s training groups from the store: its clips (re-encoded where not cached), the
+    training judge's scores, the winner policy's plan. Returns the groups and the skip reasons."""
+    from policy.groups import Candidate, build_group_sample, plan_group
+
+    cfg, name = rt.config, rt.judge_name()
+    videos = defaultdict(list)
+    for v in rt.store.videos(rt.run, k, split="train", kind="generated"):
+        videos[v["prompt_idx"]].append(v)
+    groups, skipped = [], Counter()
+    for p in rt.store.round_prompts(rt.run, k, "train"):
+        vs = sorted(videos[p["idx"]], key=lambda v: v["group_index"])
+        cands = []
+        for v in vs:
+            s = next((s for s in rt.store.scores(v["id"]) if s["judge"] == name), None)
+            ok = s is not None and s["judged"]
+            cands.append(Candidate(s["sa"] if ok else None, s["pc"] if ok else None,
+                                   bool(s["accept"]) if ok else None))
+        real = (dataset.get(p["prompt_id"]) or {}).get("real_video")
+        plan = plan_group(cands, has_real=bool(real), policy=cfg.winner.policy)
+        if not plan.trainable:
+            skipped[plan.skip_reason] += 1
+            continue
+        latents = rt.latents_for(vs)
+        real_latent = None
+        cond_text = p["original"] if cfg.refine.distil else p["text"]
+        with rt.timing("model"):
+            if plan.winner == "real":
+                real_latent = rt.generator.encode_videos([read_video(rt.runs_dir / real)])[0]
+            text = rt.generator.encode_prompts([cond_text])[0]
+        groups.append(build_group_sample(plan, text=text, generated=latents, candidates=cands,
+                                         real=real_latent, prompt=cond_text))
+    return groups, skipped
+
+
 class LoopState(TypedDict, total=False):
     run: str
     rounds: int  # round budget
@@ -172,8 +207,6 @@ class Nodes:
         return {}
 
     def train(self, state: LoopState) -> LoopState:
-        from policy.groups import Candidate, build_group_sample, plan_group
-
         rt, cfg = self.rt, self.rt.config
         k = state["current"]
         row = rt.store.adapter(rt.run, k)
@@ -181,35 +214,12 @@ class Nodes:
             return {}  # trained before a crash; the runtime loaded this adapter at start
         with timed(rt, k, "train", cfg.train.steps):
             rt.reset_adapter(k - 1)
-            name = rt.judge_name()
-            prompts = rt.store.round_prompts(rt.run, k, "train")
             dataset = {p["id"]: p for p in train_pool(rt)}
-            videos = defaultdict(list)
-            for v in rt.store.videos(rt.run, k, split="train", kind="generated"):
-                videos[v["prompt_idx"]].append(v)
             groups, skipped = [], Counter()
-            for p in prompts:
-                vs = sorted(videos[p["idx"]], key=lambda v: v["group_index"])
-                cands = []
-                for v in vs:
-                    s = next((s for s in rt.store.scores(v["id"]) if s["judge"] == name), None)
-                    ok = s is not None and s["judged"]
-                    cands.append(Candidate(s["sa"] if ok else None, s["pc"] if ok else None,
-                                           bool(s["accept"]) if ok else None))
-                real = (dataset.get(p["prompt_id"]) or {}).get("real_video")
-                plan = plan_group(cands, has_real=bool(real), policy=cfg.winner.policy)
-                if not plan.trainable:
-                    skipped[plan.skip_reason] += 1
-                    continue
-                latents = rt.latents_for(vs)
-                real_latent = None
-                cond_text = p["original"] if cfg.refine.distil else p["text"]
-                with rt.timing("model"):
-                    if plan.winner == "real":
-                        real_latent = rt.generator.encode_videos([read_video(rt.runs_dir / real)])[0]
-                    text = rt.generator.encode_prompts([cond_text])[0]
-                groups.append(build_group_sample(plan, text=text, generated=latents, candidates=cands,
-                                                 real=real_latent, prompt=cond_text))
+            for j in range(max(1, k - cfg.train.replay_rounds), k + 1):  # replayed rounds first, then this one
+                g, s = _round_groups(rt, j, dataset)
+                groups += g
+                skipped.update(s)
             rt._train_round = k
             summary = rt.train_round(groups)
             rt._train_round = None

@@ -247,3 +247,17 @@ def test_scores_from_before_judged_prompt_are_kept_only_if_judged_against_the_sa
             evaluate_round(Runtime(run="old", config=other, store=store), 1)
     finally:
         store.close()
+
+
+def test_replay_trains_on_the_previous_rounds_groups_too(tmp_path):
+    """`train.replay_rounds = 1`: round 2 trains on round 1's stored groups as well as its own."""
+    cfg = start(tmp_path, "replay", ["rounds=2", "train.replay_rounds=1"])
+    loop.execute("replay", cfg)
+    store = open_store(tmp_path)
+    try:
+        rows = {r["round"]: r for r in store.db["train_summaries"].rows_where("run = ?", ["replay"])}
+        used = {k: rows[k]["groups_used"] + rows[k]["groups_skipped"] for k in (1, 2)}
+        assert used[1] == cfg.plan.prompts_per_round  # round 1 has nothing before it
+        assert used[2] == 2 * cfg.plan.prompts_per_round
+    finally:
+        store.close()
