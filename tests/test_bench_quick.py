@@ -140,3 +140,58 @@ def test_direction_following_probe_pairs_each_scene_with_its_mirror(tmp_path):
     doc = json.loads(out.read_text())
     assert len(doc["rows"]) == 3 * len(P.MIRRORED)  # short, named, mirrored-named per scene
     assert doc["summary"]["all"]["named"]["clips"] == 2 * len(P.MIRRORED)
+
+
+def test_sft_reference_pairs_base_and_trained_on_the_same_clips(tmp_path):
+    import sft_reference
+
+    small = ["--steps", "2", "--scenes", "1", "--heldout", "1", "--clips", "1", "--out-dir", str(tmp_path)]
+    full = sft_reference.main([*small, "--name", "full"])
+    lora = sft_reference.main([*small, "--name", "lora", "--lora-rank", "2", "--lora-targets", "all-linear"])
+    assert full["clips"] == full["heldout_prompts"] == 8  # one scene per family, short + motion prompt
+    for judge in ("physics", "synthesis"):
+        # the same base, prompts and noise: the untrained side is identical whatever is trained
+        assert full["result"][judge]["before"] == lora["result"][judge]["before"]
+        d = full["result"][judge]["difference"]
+        assert d["estimate"] == pytest.approx(full["result"][judge]["after"]["rate"]
+                                              - full["result"][judge]["before"]["rate"])
+    assert (tmp_path / "lora.json").is_file() and full["sample_steps"] == 2 * 16
+    with pytest.raises(SystemExit):
+        sft_reference.main([*small, "--lora-rank", "2", "--save", str(tmp_path / "x.safetensors")])
+
+
+def test_random_adapter_keeps_each_modules_update_norm():
+    import torch
+    from perturb_control import random_like, update_norms
+
+    g = torch.Generator().manual_seed(0)
+    state = {"blocks.0.attn1.to_q.lora_A.weight": torch.randn(4, 16, generator=g),
+             "blocks.0.attn1.to_q.lora_B.weight": torch.randn(16, 4, generator=g),
+             "blocks.0.ffn.net.2.lora_A.weight": torch.randn(4, 32, generator=g),
+             "blocks.0.ffn.net.2.lora_B.weight": 3 * torch.randn(16, 4, generator=g)}
+    rand = random_like(state, 0.5, torch.Generator().manual_seed(1))
+    assert rand.keys() == state.keys()
+    assert update_norms(rand, 0.5) == pytest.approx(update_norms(state, 0.5), rel=1e-5)
+    hand = float((0.5 * state["blocks.0.attn1.to_q.lora_B.weight"] @ state["blocks.0.attn1.to_q.lora_A.weight"]).norm())
+    assert update_norms(state, 0.5)["blocks.0.attn1.to_q"] == pytest.approx(hand)
+    assert not torch.allclose(rand["blocks.0.attn1.to_q.lora_A.weight"], state["blocks.0.attn1.to_q.lora_A.weight"])
+
+
+def test_perturb_control_runs_on_a_saved_adapter(tmp_path):
+    import torch
+    import perturb_control
+    from policy.lora import attach_lora, lora_parameters, save_adapter
+    from policy.toy import ToyGenerator
+
+    gen = ToyGenerator.from_checkpoint()
+    attach_lora(gen.transformer, rank=2, alpha=2.0)
+    with torch.no_grad():
+        for p in lora_parameters(gen.transformer):
+            p.normal_(0.0, 0.05)
+    save_adapter(gen.transformer, tmp_path / "adapter")
+    doc = perturb_control.main(["--adapter", str(tmp_path / "adapter"), "--draws", "1", "--heldout", "1",
+                                "--clips", "1", "--out", str(tmp_path / "pc.json")])
+    (entry,) = doc["results"]
+    assert entry["modules"] == 8 and len(entry["random"]) == 1  # 2 blocks × q, k, v, out of self-attention
+    assert set(entry["trained"]) == {"physics", "synthesis"}
+    assert perturb_control.main(["--adapter", str(tmp_path / "missing"), "--out", str(tmp_path / "x.json")]) == 2
