@@ -24,14 +24,20 @@ from reward.base import HistoryItem, Score
 from store import path_bytes, read_video, sha256_dir, verify
 
 
-def _round_groups(rt: Runtime, k: int, dataset: dict) -> tuple[list, Counter]:
+def _round_groups(rt: Runtime, k: int, dataset: dict, replayed: bool = False) -> tuple[list, Counter]:
     """Round ``k``'s training groups from the store: its clips (re-encoded where not cached), the
-    training judge's scores, the winner policy's plan. Returns the groups and the skip reasons."""
+    training judge's scores, the winner policy's plan. Returns the groups and the skip reasons.
+
+    A ``replayed`` (earlier) round's clip files are checked against their stored hashes first: the
+    generate stage checked the current round's, nothing has checked an old round's since."""
     from policy.groups import Candidate, build_group_sample, plan_group
 
     cfg, name = rt.config, rt.judge_name()
     videos = defaultdict(list)
     for v in rt.store.videos(rt.run, k, split="train", kind="generated"):
+        if replayed and not verify(rt.layout.path(v["path"]), v["sha256"]):
+            raise RuntimeError(f"replaying round {k}: clip {v['path']} is missing or does not match its hash "
+                               "(set train.replay_rounds = 0 to train on this round's groups only)")
         videos[v["prompt_idx"]].append(v)
     groups, skipped = [], Counter()
     for p in rt.store.round_prompts(rt.run, k, "train"):
@@ -215,11 +221,13 @@ class Nodes:
         with timed(rt, k, "train", cfg.train.steps):
             rt.reset_adapter(k - 1)
             dataset = {p["id"]: p for p in train_pool(rt)}
-            groups, skipped = [], Counter()
+            groups, skipped, replayed = [], Counter(), {}
             for j in range(max(1, k - cfg.train.replay_rounds), k + 1):  # replayed rounds first, then this one
-                g, s = _round_groups(rt, j, dataset)
+                g, s = _round_groups(rt, j, dataset, replayed=j < k)
                 groups += g
                 skipped.update(s)
+                if j < k:
+                    replayed[j] = len(g)
             rt._train_round = k
             summary = rt.train_round(groups)
             rt._train_round = None
@@ -235,7 +243,8 @@ class Nodes:
                     groups_skipped=sum(skipped.values()), skip_reasons=dict(skipped), restored=summary.restored,
                     seconds=summary.seconds, extra={"updates": summary.updates, "skipped_steps": summary.skipped,
                                                     "step_skip_reasons": summary.skip_reasons,
-                                                    "stop_reason": summary.stop_reason})
+                                                    "stop_reason": summary.stop_reason,
+                                                    "groups_replayed": replayed})
                 if summary.skipped:
                     rt.store.record_event(rt.run, "nonfinite_loss", round=k, stage="train", count=summary.skipped,
                                           message=str(summary.skip_reasons))

@@ -8,6 +8,9 @@ from rich.console import Console
 
 from agent.config import RunConfig
 
+_TARGETS = {"self-attention": "self-attention q/k/v/o", "attention+ffn": "self-attention q/k/v/o + FFN",
+            "all-linear": "self- and cross-attention q/k/v/o + FFN"}
+
 
 def print_plan(cfg: RunConfig, preset: str, console: Console | None = None) -> None:
     console = console or Console()
@@ -32,7 +35,7 @@ def print_plan(cfg: RunConfig, preset: str, console: Console | None = None) -> N
         ej = cfg.evaluate.judge
         console.print(f"[bold]evaluation judge[/] {ej.backend}" + (f" {ej.vlm.model}" if ej.vlm else ""))
     console.print(f"[bold]training[/] {t.objective}: {t.steps} steps/round, {t.groups_per_step} groups/step, "
-                  f"LoRA r={t.lora_rank} α={t.lora_alpha} on self-attention q/k/v/o, reference {t.reference}, "
+                  f"LoRA r={t.lora_rank} α={t.lora_alpha} on {_TARGETS[t.lora_targets]}, reference {t.reference}, "
                   f"lr {t.lr:g}→{t.lr_min:g}, {t.mixed_precision}, gradient checkpointing "
                   f"{'on' if t.gradient_checkpointing else 'off'}, {cfg.processes} process(es)")
     if cfg.processes > 1:
@@ -54,6 +57,7 @@ def print_plan(cfg: RunConfig, preset: str, console: Console | None = None) -> N
                             train_samples=train_samples_per_step(t.objective, t.groups_per_step // cfg.processes,
                                                                  g.group_size),
                             reference=t.objective not in ("sft", "rwr"), lora_rank=t.lora_rank,
+                            lora_targets=t.lora_targets,
                             gradient_checkpointing=t.gradient_checkpointing,
                             text_encoder_offload=w.text_encoder_offload, vae_tiling=w.vae_tiling,
                             vae_slicing=w.vae_slicing, text_len=w.max_sequence_length)

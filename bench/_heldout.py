@@ -28,6 +28,7 @@ class Heldout:
     def __init__(self, scenes_per_family: int = 16, clips: int = 4):
         held = [sample_scene(f, s) for f in P.FAMILIES for s in split_seeds(f, True, scenes_per_family)]
         self.prompts = [s.prompts[lv] for lv in (0, 1) for s in held]
+        self.families = np.repeat([s.family for lv in (0, 1) for s in held], clips)
         self.seeds = [7_000_000 + 100 * i for i in range(len(self.prompts))]
         self.clips = clips
         self.clusters = np.repeat(np.arange(len(self.prompts)), clips)
@@ -49,7 +50,10 @@ class Heldout:
             diff = paired_bootstrap(b, a, clusters=self.clusters)  # mean(a) − mean(b)
             out[name] = {"before": {"rate": float(b.mean()), "ci": wilson(int(b.sum()), len(b))},
                          "after": {"rate": float(a.mean()), "ci": wilson(int(a.sum()), len(a))},
-                         "difference": diff}
+                         "difference": diff,
+                         "per_family": {f: {"before": float(b[self.families == f].mean()),
+                                            "after": float(a[self.families == f].mean())}
+                                        for f in P.FAMILIES}}
             lo, hi = diff["ci"]
             print(f"{label}{name:9s} {100 * b.mean():5.1f} % → {100 * a.mean():5.1f} %  "
                   f"Δ {100 * diff['estimate']:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]", flush=True)

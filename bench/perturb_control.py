@@ -61,7 +61,7 @@ def random_like(state: dict[str, torch.Tensor], scale: float, gen: torch.Generat
 def main(argv=None):
     from _heldout import Heldout
     from peft import set_peft_model_state_dict
-    from policy.lora import ADAPTER_NAME, load_adapter, lora_config, read_adapter
+    from policy.lora import ADAPTER_NAME, load_adapter, lora_config, lora_state_dict, read_adapter
     from policy.toy import ToyGenerator
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,9 +72,17 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "perturb_control.json")
     args = ap.parse_args(argv)
-    for path in args.adapter:
-        if not path.is_dir():
-            print(f"error: no adapter directory at {path}", file=sys.stderr)
+    if min(args.draws, args.heldout, args.clips) < 1:
+        ap.error("--draws, --heldout and --clips must be ≥ 1")
+    for path in args.adapter:  # all of them readable before any clip is made
+        try:
+            if not path.is_dir():
+                raise ValueError("not a directory")
+            state, _ = read_adapter(path)
+            if not any(".lora_A." in k for k in state):
+                raise ValueError("no LoRA weights in it")
+        except (OSError, ValueError) as e:
+            print(f"error: no adapter at {path} ({e})", file=sys.stderr)
             return 2
     t_start = time.perf_counter()
     held = Heldout(args.heldout, args.clips)
@@ -94,7 +102,12 @@ def main(argv=None):
         entry["trained"] = held.compare(base_scores, held.judge(model), label=f"{path.name} trained  ")
         entry["random"] = []
         for d in range(args.draws):
-            set_peft_model_state_dict(model.transformer, random_like(state, scale, gen), adapter_name=ADAPTER_NAME)
+            rand = random_like(state, scale, gen)
+            loaded = set_peft_model_state_dict(model.transformer, rand, adapter_name=ADAPTER_NAME)
+            stray = [k for k in getattr(loaded, "unexpected_keys", []) if "lora_" in k]
+            now = update_norms(lora_state_dict(model.transformer), scale)
+            if stray or now.keys() != norms.keys() or any(abs(now[k] - norms[k]) > 1e-4 * (1 + norms[k]) for k in now):
+                raise RuntimeError(f"the random adapter did not load in place of {path} ({stray[:3]})")
             entry["random"].append(held.compare(base_scores, held.judge(model), label=f"{path.name} random {d}  "))
         results.append(entry)
     doc = {"benchmark": "trained adapters against random adapters of the same per-module update norm",

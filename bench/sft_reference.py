@@ -36,6 +36,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or any(lv not in (0, 1, 2) for lv in levels):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of prompt levels 0, 1, 2")
+    return levels
+
+
 def main(argv=None):
     from _heldout import Heldout
     from agent.world_data import split_seeds
@@ -50,7 +60,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--scenes", type=int, default=12, help="training scenes per family (the default preset: 12)")
-    ap.add_argument("--levels", default="0", help="prompt levels trained on, comma-separated (the loop: 0)")
+    ap.add_argument("--levels", default=[0], type=_levels, help="prompt levels trained on, comma-separated (the loop: 0)")
     ap.add_argument("--heldout", type=int, default=16, help="held-out scenes per family (default preset: 16)")
     ap.add_argument("--clips", type=int, default=4, help="clips per held-out prompt")
     ap.add_argument("--lora-rank", type=int, default=0, help="train a LoRA of this rank instead of the full "
@@ -63,9 +73,9 @@ def main(argv=None):
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results" / "sft_reference")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
-    levels = [int(x) for x in args.levels.split(",")]
-    if args.steps < 1 or args.scenes < 1 or not levels or any(lv not in (0, 1, 2) for lv in levels):
-        ap.error("--steps and --scenes must be ≥ 1 and --levels a list of 0, 1, 2")
+    levels = args.levels
+    if min(args.steps, args.batch, args.scenes, args.heldout, args.clips) < 1 or args.lora_rank < 0:
+        ap.error("--steps, --batch, --scenes, --heldout and --clips must be ≥ 1 and --lora-rank ≥ 0")
     if args.save is not None and args.lora_rank:
         ap.error("--save writes a base checkpoint (full weights); it cannot be used with --lora-rank")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -29,11 +30,11 @@ def row(path: Path, split: str = "heldout") -> str:
     sets = ", ".join(f"`{o}`" for o in d.get("overrides") or []) or "default"
     phys, dphys = curve(d["over_seeds"], split, "physics")
     syn, dsyn = curve(d["over_seeds"], split, "synthesis")
-    gaps = []
-    for run in d["runs"].values():
+    gaps = []  # loop_eval measures the reward-hacking gap on the held-out split only
+    for run in (d["runs"].values() if split == "heldout" else ()):
         gap = (run.get("gap") or {}).get("synthesis", {}).get("gap")
         gaps.append(f"{100 * gap['estimate']:+.1f}" if gap else "—")
-    return f"| {sets} ({d['rounds']} rounds) | {phys} | {dphys} | {syn} | {dsyn} | {' / '.join(gaps)} |"
+    return f"| {sets} ({d['rounds']} rounds) | {phys} | {dphys} | {syn} | {dsyn} | {' / '.join(gaps) or '—'} |"
 
 
 def main(argv=None):
@@ -41,11 +42,18 @@ def main(argv=None):
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--split", default="heldout", choices=("heldout", "seen", "paraphrase"))
     args = ap.parse_args(argv)
+    rows = []
+    for f in args.files:
+        try:
+            rows.append(row(f, args.split))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: {f} is not a result of bench/loop_eval.py ({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
     print("| variant (`--set`) | physics per round (%) | Δ physics | synthesis per round (%) | Δ synthesis | gap per seed |")
     print("|---|---|---|---|---|---|")
-    for f in args.files:
-        print(row(f, args.split))
+    print("\n".join(rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

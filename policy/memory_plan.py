@@ -112,9 +112,18 @@ class TransformerSpec:
                  + 2 * d)  # output scale/shift table
         return self.num_layers * block + embed
 
-    def lora_params(self, rank: int) -> int:
-        """LoRA A (r×d) and B (d×r) on the four self-attention projections of every block."""
-        return self.num_layers * 4 * 2 * rank * self.dim
+    def lora_params(self, rank: int, targets: str = "self-attention") -> int:
+        """LoRA A (r×in) and B (out×r) per target linear of every block (``policy.lora`` targets):
+        the four d×d self-attention projections; + the FFN's d→f and f→d ("attention+ffn"); + the
+        four d×d cross-attention projections ("all-linear")."""
+        if targets not in ("self-attention", "attention+ffn", "all-linear"):
+            raise ValueError(f"unknown LoRA targets {targets!r}")
+        per_block = 4 * 2 * rank * self.dim
+        if targets != "self-attention":
+            per_block += 2 * rank * (self.dim + self.ffn_dim)
+        if targets == "all-linear":
+            per_block += 4 * 2 * rank * self.dim
+        return self.num_layers * per_block
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TransformerSpec":
@@ -226,6 +235,7 @@ class Workload:
     train_samples: int = 8  # samples in one policy forward (2 × groups per step for pairwise objectives)
     reference: bool = True  # DPO-style objectives also run the LoRA-off reference (no grad)
     lora_rank: int = 48
+    lora_targets: str = "self-attention"  # policy.lora targets: "self-attention" | "attention+ffn" | "all-linear"
     gradient_checkpointing: bool = True
     text_encoder_offload: bool = False
     vae_tiling: bool = False
@@ -323,7 +333,7 @@ def estimate(spec: WanSpec, work: Workload, hw: Hardware = Hardware()) -> Memory
     n = (t_lat // pt) * (h_lat // ph) * (w_lat // pw)
     d, f, nl, L = tr.dim, tr.ffn_dim, tr.num_layers, work.text_len
 
-    p_tr, p_lora, p_te = tr.params(), tr.lora_params(work.lora_rank), spec.text_encoder.params()
+    p_tr, p_lora, p_te = tr.params(), tr.lora_params(work.lora_rank, work.lora_targets), spec.text_encoder.params()
     common = {
         "transformer": 2 * p_tr / GIB,
         "lora+adam": 16 * p_lora / GIB,

@@ -156,8 +156,13 @@ def test_sft_reference_pairs_base_and_trained_on_the_same_clips(tmp_path):
         assert d["estimate"] == pytest.approx(full["result"][judge]["after"]["rate"]
                                               - full["result"][judge]["before"]["rate"])
     assert (tmp_path / "lora.json").is_file() and full["sample_steps"] == 2 * 16
-    with pytest.raises(SystemExit):
-        sft_reference.main([*small, "--lora-rank", "2", "--save", str(tmp_path / "x.safetensors")])
+    assert lora["result"] != full["result"] or lora["loss_first"] != full["loss_first"]  # a different model trained
+    for bad in (["--lora-rank", "2", "--save", str(tmp_path / "x.safetensors")], ["--levels", "0,7"],
+                ["--clips", "0"]):
+        with pytest.raises(SystemExit) as e:
+            sft_reference.main([*small, *bad])
+        assert e.value.code == 2
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_random_adapter_keeps_each_modules_update_norm():
@@ -194,4 +199,18 @@ def test_perturb_control_runs_on_a_saved_adapter(tmp_path):
     (entry,) = doc["results"]
     assert entry["modules"] == 8 and len(entry["random"]) == 1  # 2 blocks × q, k, v, out of self-attention
     assert set(entry["trained"]) == {"physics", "synthesis"}
-    assert perturb_control.main(["--adapter", str(tmp_path / "missing"), "--out", str(tmp_path / "x.json")]) == 2
+    for bad in (tmp_path / "missing", tmp_path):  # no folder; a folder that holds no adapter
+        assert perturb_control.main(["--adapter", str(bad), "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_sweep_table_rows_and_bad_files(tmp_path, capsys):
+    import sweep_table
+
+    results = sorted((ROOT / "bench" / "results" / "sweep").glob("*.json"))
+    assert sweep_table.main([str(p) for p in results[:2]]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and all(line.startswith("|") for line in out)
+    (tmp_path / "other.json").write_text("{}")
+    assert sweep_table.main([str(results[0]), str(tmp_path / "other.json")]) == 2
+    assert "error:" in capsys.readouterr().err

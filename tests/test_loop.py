@@ -250,14 +250,27 @@ def test_scores_from_before_judged_prompt_are_kept_only_if_judged_against_the_sa
 
 
 def test_replay_trains_on_the_previous_rounds_groups_too(tmp_path):
-    """`train.replay_rounds = 1`: round 2 trains on round 1's stored groups as well as its own."""
-    cfg = start(tmp_path, "replay", ["rounds=2", "train.replay_rounds=1"])
+    """`train.replay_rounds = 1`: each round trains on the round before it as well as its own, no
+    further back; a replayed round whose clip file changed is an error, not silent training on it."""
+    import json
+
+    from agent.nodes import _round_groups
+    from agent.runtime import Runtime
+
+    cfg = start(tmp_path, "replay", ["rounds=3", "train.replay_rounds=1"])
     loop.execute("replay", cfg)
     store = open_store(tmp_path)
     try:
         rows = {r["round"]: r for r in store.db["train_summaries"].rows_where("run = ?", ["replay"])}
-        used = {k: rows[k]["groups_used"] + rows[k]["groups_skipped"] for k in (1, 2)}
-        assert used[1] == cfg.plan.prompts_per_round  # round 1 has nothing before it
-        assert used[2] == 2 * cfg.plan.prompts_per_round
+        used = {k: rows[k]["groups_used"] + rows[k]["groups_skipped"] for k in (1, 2, 3)}
+        p = cfg.plan.prompts_per_round
+        assert used == {1: p, 2: 2 * p, 3: 2 * p}  # round 3: rounds 2 and 3, not round 1
+        assert set(json.loads(rows[3]["extra_json"])["groups_replayed"]) == {"2"}
+        rt = Runtime(run="replay", config=cfg, store=store)
+        clip = next(v for v in store.videos("replay", 1, split="train", kind="generated"))
+        assert len(_round_groups(rt, 1, {}, replayed=True)[0]) + sum(_round_groups(rt, 1, {})[1].values()) == p
+        rt.layout.path(clip["path"]).write_bytes(b"not the clip")
+        with pytest.raises(RuntimeError, match="replaying round 1"):
+            _round_groups(rt, 1, {}, replayed=True)
     finally:
         store.close()

@@ -277,6 +277,10 @@ def test_parameter_formulas_match_the_real_classes(tiny_dir):
 
     attach_lora(gen.transformer, rank=3, alpha=3.0)
     assert spec.transformer.lora_params(3) == sum(p.numel() for p in lora_parameters(gen.transformer))
+    for targets in ("attention+ffn", "all-linear"):  # the wider targets, on fresh copies of the model
+        model = type(gen.transformer).from_config(gen.transformer.config)
+        attach_lora(model, rank=3, alpha=3.0, targets=targets)
+        assert spec.transformer.lora_params(3, targets) == sum(p.numel() for p in lora_parameters(model))
 
 
 def test_memory_plan_is_sane_and_monotone():
