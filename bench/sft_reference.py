@@ -80,7 +80,7 @@ def main(argv=None):
         ap.error("--save writes a base checkpoint (full weights); it cannot be used with --lora-rank")
 
     gen = ToyGenerator.from_checkpoint()
-    meta = json.loads((ROOT / "policy" / "checkpoints" / "toy_base.json").read_text())["training"]
+    meta = gen.metadata["training"]  # the recipe the shipped base was built with
     recipe = {k: meta[k] for k in ("batch", "lr_min", "warmup", "weight_decay", "grad_clip", "prompt_dropout",
                                    "timesteps", "logit_mean", "logit_std", "timestep_shift", "high_noise_fraction",
                                    "high_noise_min", "x0_weight")}
@@ -100,7 +100,7 @@ def main(argv=None):
         attach_lora(gen.transformer, rank=args.lora_rank, alpha=float(args.lora_rank), targets=args.lora_targets)
     t0 = time.perf_counter()
     losses = pretrain(gen.transformer, videos, prompts, gen.encode_prompts, cfg, log=print,
-                      to_latents=lambda b: gen.encode_videos(list(b)))
+                      to_latents=gen.encode_videos)
     train_s = time.perf_counter() - t0
     after = held.judge(gen)
     if args.save is not None:
