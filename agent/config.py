@@ -93,6 +93,9 @@ class RefineConfig(_Model):
     min_change: float = Field(0.02, ge=0, le=1, description="stop when 1 − cosine(similarity) of a rewrite is below")
     distil: bool = Field(False, description="train on the original prompt while generating with the refined one")
     probe: bool = Field(True, description="judge one probe clip per rewrite to decide whether it helped")
+    resolve: bool = Field(True, description="first settle what the prompt leaves open (direction, start region): "
+                          "probe each candidate the critic proposes and keep the best (needs probe = true)")
+    resolve_probes: int = Field(4, ge=1, description="probe clips per candidate resolution (and for the prompt as written)")
 
 
 class ToyGenConfig(_Model):

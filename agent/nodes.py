@@ -18,8 +18,8 @@ from agent.data import passes_filter
 from agent.planner import difficulty_allocation, sample_prompts
 from agent.refine import refine_prompt
 from agent.runtime import Runtime
-from agent.stages import (Clip, derive_seed, evaluate_all, generate_clips, judge_clips, make_probe, timed,
-                          train_pool)
+from agent.stages import (Clip, derive_seed, evaluate_all, generate_clips, judge_clips, make_probe, resolve_args,
+                          timed, train_pool)
 from reward.base import HistoryItem, Score
 from store import path_bytes, read_video, sha256_dir, verify
 
@@ -141,6 +141,7 @@ class Nodes:
         if not cfg.refine.enabled or cfg.refine.max_steps == 0:
             rt.store.record_stage_time(rt.run, k, "refine", 0.0)
             return {}
+        real = {r["id"]: r.get("real_video") for r in train_pool(rt)}
         with timed(rt, k, "refine", len(prompts)):
             for n, p in enumerate(prompts):
                 if p["refine_steps"] or p["critique"] is not None:
@@ -150,7 +151,8 @@ class Nodes:
                 probe = make_probe(rt, k, p["idx"], original=p["original"]) if cfg.refine.probe else None
                 res = refine_prompt(start, history, rt.critic, max_steps=cfg.refine.max_steps,
                                     min_change=cfg.refine.min_change, similarity=rt.similarity, probe=probe,
-                                    baseline=bar)
+                                    baseline=bar, **resolve_args(rt, k, p["idx"], p["original"],
+                                                                 admissible=self._fits_real(p, real)))
                 with rt.store.transaction():
                     for s in res.steps:
                         rt.store.record_refinement(p["id"], s.step, before=s.before, after=s.after,
@@ -165,6 +167,18 @@ class Nodes:
                     rt.ui.note(f"refined: {p['original']!r} → {res.best!r}")
                 rt.ui.advance(n + 1, len(prompts))
         return {}
+
+    def _fits_real(self, p: dict, real: dict):
+        """Admissibility of a resolution in training: the group's winner is the prompt's real video,
+        trained as a sample of the refined text, so a candidate the real video does not fit (the
+        other direction, another start) would pair the text with a contradicting winner. With no
+        real video (winners are generated clips, judged against the original) anything goes."""
+        path = real.get(p["prompt_id"])
+        if not path or self.rt.config.refine.distil:
+            return None
+        rt = self.rt
+        video = read_video(rt.runs_dir / path)
+        return lambda text: bool(rt.score_batch(rt.judge, [(text, video)])[0].accept)
 
     def _history(self, p: dict, k: int) -> tuple[list[HistoryItem], str | None, float | None]:
         """The prompt's earlier rounds, oldest first: per round the text used and its worst clip.

@@ -11,6 +11,13 @@ the prompt. The loop stops when
 - ``max_steps`` rewrites were made,
 
 and returns the best prompt of all steps (the original when no rewrite helped).
+
+Before the first rewrite, a critic that can (``critic.resolutions(prompt)``) settles what the
+prompt leaves open — which way the object goes, where it starts — by *propose, probe, keep the
+best*: the prompt and each candidate are probed alike with ``resolve_probes`` clips of the current
+generator, judged against the user's prompt, and the best candidate is kept when its mean score
+beats the prompt's own (:func:`resolve_open_details`). A short prompt lets the generator mix two motions; naming one
+removes the mix, and the probes pick the choice the current generator renders best.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from reward.base import HistoryItem, Score
+from reward.base import HistoryItem, Refinement, Score
 
 Probe = Callable[[str, int], tuple[np.ndarray, Score]]  # (prompt, step) → (video, score)
 Similarity = Callable[[str, str], float]
+Admissible = Callable[[str], bool]  # may the loop use this candidate text? (e.g. its real video fits it)
 
 
 @dataclass
@@ -63,23 +71,88 @@ def minilm_similarity() -> Similarity:
     return sim
 
 
+def resolve_open_details(prompt: str, candidates: Sequence[Refinement], probe: Probe, *, probes: int,
+                         similarity: Similarity, admissible: Admissible | None = None,
+                         first_step: int = 1) -> tuple[list[Step], HistoryItem | None, float | None]:
+    """Probe ``prompt`` and every candidate resolution of it alike; keep the best candidate if it
+    scores above the prompt as written.
+
+    Every text gets ``probes`` clips (the prompt ``probe(prompt, r)``, candidate j
+    ``probe(text, (j + 1) * probes + r)``: distinct noise, the same for every run); its score is
+    the mean of the clips' judge means (unjudged clips do not count; a candidate with none is not
+    eligible). The prompt competes on equal terms, so a choice is kept only when the current
+    generator renders it better than the prompt's own mix. Candidates ``admissible`` rejects are
+    recorded, not probed. Returns one :class:`Step` per candidate (at most one accepted), the
+    accepted candidate's worst probe clip (for the critic's next rewrite to read) and the kept
+    text's score (the prompt's when none was kept).
+    """
+    if probes < 1:
+        raise ValueError(f"probes must be at least 1, got {probes}")
+
+    def probed(text: str, j: int) -> tuple[float | None, HistoryItem | None]:
+        clips = [probe(text, j * probes + r) for r in range(probes)]
+        judged = [(v, s) for v, s in clips if _mean(s) is not None]
+        if not judged:
+            return None, None
+        worst = min(judged, key=lambda c: _mean(c[1]))
+        return float(np.mean([_mean(s) for _, s in judged])), HistoryItem(prompt=text, score=worst[1], video=worst[0])
+
+    bar, _ = probed(prompt, 0)
+    steps: list[Step] = []
+    best: tuple[float, int, HistoryItem] | None = None
+    for j, cand in enumerate(candidates):
+        text = " ".join(cand.prompt.split())
+        step = Step(first_step + j, prompt, text, cand.critique, similarity(prompt, text), accepted=False)
+        steps.append(step)
+        if admissible is not None and not admissible(text):
+            step.stop = "not admissible: the round's real video does not fit it"
+            continue
+        step.score, item = probed(text, j + 1)
+        if step.score is None:
+            step.stop = "no probe clip was judged"
+            continue
+        versus = "unjudged" if bar is None else f"{bar:.3f}"
+        step.critique = f"{cand.critique}; probe mean {step.score:.3f} vs {versus} as written ({probes} clips each)"
+        if best is None or step.score > best[0]:
+            best = (step.score, len(steps) - 1, item)
+    if best is None or (bar is not None and best[0] <= bar):
+        return steps, None, bar
+    steps[best[1]].accepted = True
+    return steps, best[2], best[0]
+
+
 def refine_prompt(prompt: str, history: Sequence[HistoryItem], critic, *, max_steps: int, min_change: float,
                   similarity: Similarity, probe: Probe | None = None,
-                  baseline: float | None = None) -> RefineResult:
+                  baseline: float | None = None, resolve_probe: Probe | None = None, resolve_probes: int = 4,
+                  admissible: Admissible | None = None) -> RefineResult:
     """Refine ``prompt`` given what earlier prompts produced (``history``, oldest first).
 
     ``baseline`` is the score ``prompt`` is known to reach (e.g. its last group's mean);
     without it, the last history item's score, or a probe of ``prompt`` itself, sets the bar.
+    With ``resolve_probe`` (its own noise stream) and a critic that has ``resolutions``, open
+    details are settled first (:func:`resolve_open_details`); ``admissible`` filters the candidates.
     """
     history = list(history)
     current = prompt
     best_score = baseline if baseline is not None else (_mean(history[-1].score) if history else None)
-    if probe is not None and not history and max_steps > 0:
+    candidates = (critic.resolutions(prompt) if resolve_probe is not None and hasattr(critic, "resolutions")
+                  else [])
+    if probe is not None and not history and (max_steps > 0 or candidates):
         video, score = probe(prompt, 0)
         history.append(HistoryItem(prompt=prompt, score=score, video=video))
         best_score = _mean(score)
     result = RefineResult(original=prompt, best=prompt, best_score=best_score)
-    for k in range(1, max_steps + 1):
+    if candidates:
+        steps, kept, score = resolve_open_details(prompt, candidates, resolve_probe, probes=resolve_probes,
+                                                  similarity=similarity, admissible=admissible)
+        result.steps += steps
+        if score is not None:
+            result.best_score = score  # the better-measured bar for the rewrites that follow
+        if kept is not None:
+            current = result.best = kept.prompt
+            history.append(kept)
+    first = len(result.steps)
+    for k in range(first + 1, first + max_steps + 1):
         r = critic.refine(current, history)
         after = " ".join(r.prompt.split())
         sim = similarity(current, after)

@@ -245,7 +245,8 @@ def evaluate_round(rt: Runtime, k: int, *, refine: bool = False, split: str = "h
             if refine:
                 res = refine_prompt(p["text"], [], rt.critic, max_steps=max(1, cfg.refine.max_steps),
                                     min_change=cfg.refine.min_change, similarity=rt.similarity,
-                                    probe=make_probe(rt, k, idx + offset, original=p["text"]))
+                                    probe=make_probe(rt, k, idx + offset, original=p["text"]),
+                                    **resolve_args(rt, k, idx + offset, p["text"]))
                 text, steps = res.best, len(res.steps)
                 critique = res.steps[-1].critique if res.steps else ""
             rt.store.record_round_prompt(rt.run, k, split, idx + offset, text=text, original=p["text"],
@@ -320,16 +321,26 @@ def summarise(clips: list[Clip], scores: dict[str, Score], category_of: dict[int
     return out
 
 
-def make_probe(rt: Runtime, k: int, idx: int, *, original: str | None = None):
+def resolve_args(rt: Runtime, k: int, idx: int, original: str, admissible=None) -> dict:
+    """``refine_prompt``'s resolution arguments under the run's config (none when it is off)."""
+    r = rt.config.refine
+    if not (r.resolve and r.probe):
+        return {}
+    return {"resolve_probe": make_probe(rt, k, idx, original=original, stream="resolve"),
+            "resolve_probes": r.resolve_probes, "admissible": admissible}
+
+
+def make_probe(rt: Runtime, k: int, idx: int, *, original: str | None = None, stream: str = "probe"):
     """A probe for refinement: one clip of a candidate prompt from the current model, judged.
 
     The clip is judged against the user's ``original`` prompt when given (a rewrite that adds
     requirements is not penalised for them, and one that drops them gains nothing), else
-    against the candidate itself.
+    against the candidate itself. ``stream`` names the noise seeds' stream (the resolution step
+    probes with its own, so its clips never repeat a rewrite probe's noise).
     """
 
     def probe(text: str, step: int):
-        seed = derive_seed(rt.config.seed, "probe", k, idx, step)
+        seed = derive_seed(rt.config.seed, stream, k, idx, step)
         g = rt.generate([text], [seed], 1)[0][0]
         s = rt.score_batch(rt.judge, [(original or text, g.video)])[0]
         return g.video, s

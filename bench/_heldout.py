@@ -29,30 +29,39 @@ class Heldout:
         held = [sample_scene(f, s) for f in P.FAMILIES for s in split_seeds(f, True, scenes_per_family)]
         self.prompts = [s.prompts[lv] for lv in (0, 1) for s in held]
         self.families = np.repeat([s.family for lv in (0, 1) for s in held], clips)
+        self.levels = np.repeat([lv for lv in (0, 1) for s in held], clips)
         self.seeds = [7_000_000 + 100 * i for i in range(len(self.prompts))]
         self.clips = clips
         self.clusters = np.repeat(np.arange(len(self.prompts)), clips)
         self.judges = {"physics": PhysicsJudge(), "synthesis": SynthesisJudge()}
 
-    def judge(self, gen) -> dict[str, np.ndarray]:
-        """Joint success (0/1) of every clip under each judge, in a fixed clip order."""
-        groups = gen.generate(self.prompts, self.seeds, self.clips)
-        items = [(g.prompt, g.video) for grp in groups for g in grp]
+    def judge(self, gen, texts: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Joint success (0/1) of every clip under each judge, in a fixed clip order. With ``texts``
+        (one per prompt, e.g. refined) the clips are made from them, with the same noise, and judged
+        against the held-out prompts as written."""
+        texts = self.prompts if texts is None else texts
+        if len(texts) != len(self.prompts):
+            raise ValueError(f"{len(texts)} texts for {len(self.prompts)} held-out prompts")
+        groups = gen.generate(texts, self.seeds, self.clips)
+        items = [(p, g.video) for p, grp in zip(self.prompts, groups) for g in grp]
         return {name: np.array([s.joint() for s in j.score_batch(items)], dtype=float)
                 for name, j in self.judges.items()}
 
-    def compare(self, before: dict[str, np.ndarray], after: dict[str, np.ndarray], label: str = "") -> dict:
+    def compare(self, before: dict[str, np.ndarray], after: dict[str, np.ndarray], label: str = "",
+                level: int | None = None) -> dict:
         """Each side's rate with its Wilson CI and the paired difference after − before (bootstrap
-        over prompts), per judge; prints one line per judge."""
+        over prompts), per judge, over every clip or one prompt ``level``; prints one line per judge."""
+        keep = np.ones(len(self.clusters), bool) if level is None else self.levels == level
         out = {}
         for name in self.judges:
-            b, a = before[name], after[name]
-            diff = paired_bootstrap(b, a, clusters=self.clusters)  # mean(a) − mean(b)
+            b, a = before[name][keep], after[name][keep]
+            fam = self.families[keep]
+            diff = paired_bootstrap(b, a, clusters=self.clusters[keep])  # mean(a) − mean(b)
             out[name] = {"before": {"rate": float(b.mean()), "ci": wilson(int(b.sum()), len(b))},
                          "after": {"rate": float(a.mean()), "ci": wilson(int(a.sum()), len(a))},
                          "difference": diff,
-                         "per_family": {f: {"before": float(b[self.families == f].mean()),
-                                            "after": float(a[self.families == f].mean())}
+                         "per_family": {f: {"before": float(b[fam == f].mean()),
+                                            "after": float(a[fam == f].mean())}
                                         for f in P.FAMILIES}}
             lo, hi = diff["ci"]
             print(f"{label}{name:9s} {100 * b.mean():5.1f} % → {100 * a.mean():5.1f} %  "

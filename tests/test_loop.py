@@ -112,6 +112,26 @@ def test_clips_are_judged_against_the_users_prompt(finished):
     assert any(r["text"] != r["original"] for r in rows)  # some were refined
 
 
+def test_resolved_training_prompts_fit_their_real_video(finished):
+    """`refine.resolve`: a training prompt whose open details were settled names what its winner,
+    the real video, does: the judge accepts the real video against the refined text."""
+    from reward.world.judge import PhysicsJudge
+    from store import read_video
+
+    _, store, tmp = finished
+    real = {p["id"]: p["real_video"] for p in store.dataset_prompts()}
+    rows = list(store.db.query(
+        "SELECT rp.id, rp.text, rp.original, rp.prompt_id FROM round_prompts rp WHERE rp.run = 'r' "
+        "AND rp.split = 'train' AND rp.round >= 1"))
+    resolved = [r for r in rows if any("resolves what the prompt leaves open" in f["critique"] and f["accepted"]
+                                       for f in store.db.query("SELECT * FROM refinements WHERE round_prompt_id = ?",
+                                                               [r["id"]]))]
+    assert resolved, "no training prompt was resolved"
+    judge = PhysicsJudge()
+    for r in resolved:
+        assert judge.score(r["text"], read_video(tmp / real[r["prompt_id"]])).accept, r["text"]
+
+
 def test_rerunning_a_finished_run_adds_nothing(finished):
     cfg, store, tmp = finished
     before = counts(store, "r"), fingerprint(store, "r")
@@ -217,7 +237,7 @@ def test_scores_from_before_judged_prompt_are_kept_only_if_judged_against_the_sa
     from agent.stages import Clip, judge_clips
     from store import read_video
 
-    cfg = start(tmp_path, "old", ["rounds=1"])
+    cfg = start(tmp_path, "old", ["rounds=1", "refine.resolve=false"])  # some prompts stay unrefined
     loop.execute("old", cfg)
     store = open_store(tmp_path)
     try:

@@ -168,3 +168,62 @@ def test_refinement_is_a_real_lever():
     assert r.prompt != scene.prompts[0]
     assert not JUDGE.score(r.prompt, bad).accept
     assert JUDGE.score(r.prompt, S.render(scene)).accept
+
+
+# ------------------------------------------------------------------ resolving open details
+from agent.world_data import paraphrase  # noqa: E402
+from reward.world.critic import entails, world_choices  # noqa: E402
+from reward.world.intent import claimed_direction  # noqa: E402
+
+
+def _every_world_prompt():
+    for family in P.FAMILIES:
+        for seed in range(12):
+            scene = S.sample_scene(family, seed)
+            for s in (scene, S.mirror_scene(scene)) if family in P.MIRRORED else (scene,):
+                yield s, list(s.prompts) + [paraphrase(s)]
+
+
+def test_resolutions_never_contradict_any_prompt_form_of_the_world():
+    n = 0
+    for scene, prompts in _every_world_prompt():
+        for prompt in prompts:
+            for r in CRITIC.resolutions(prompt):
+                n += 1
+                cand, orig = parse_prompt(r.prompt), parse_prompt(prompt)
+                assert entails(cand, orig), (prompt, r.prompt)
+                assert cand.colours == orig.colours and cand.family == orig.family
+                assert count_tokens(r.prompt) <= CRITIC.max_tokens
+    assert n > 100
+
+
+def test_short_prompts_get_every_choice_of_the_world_and_detailed_ones_none():
+    for scene, prompts in _every_world_prompt():
+        short, physics_level = prompts[0], prompts[2]
+        cands = CRITIC.resolutions(short)
+        if scene.family == "drop":
+            assert len(cands) == len(world_choices("drop")) >= 3
+        else:  # both directions, each from the side it starts on
+            ways = sorted(claimed_direction(parse_prompt(c.prompt)) for c in cands)
+            assert ways == ["left", "right"]
+        assert CRITIC.resolutions(physics_level) == []  # direction and start already stated
+        # the scene's own motion-level prompt is among the short prompt's candidates (its real video fits one)
+        assert scene.prompts[1] in [c.prompt for c in cands] or scene.family == "drop"
+
+
+def test_the_real_video_fits_exactly_the_candidates_that_agree_with_it():
+    for family in P.MIRRORED:
+        scene = S.sample_scene(family, 3)
+        video = S.render(scene)
+        fits = [c.prompt for c in CRITIC.resolutions(scene.prompts[0]) if JUDGE.score(c.prompt, video).accept]
+        assert fits == [scene.prompts[1]]
+
+
+def test_a_prompt_in_other_words_keeps_every_word():
+    r = CRITIC.resolutions("a red ball is thrown hard.")
+    assert len(r) == 2 and all(c.prompt.startswith("a red ball is thrown hard; it is thrown up and to the")
+                                for c in r)
+    assert CRITIC.resolutions("a red ball is thrown to the left") == [
+        r for r in CRITIC.resolutions("a red ball is thrown to the left") if "to the left" in r.prompt]
+    assert all("right" not in c.prompt.split("from")[0] for c in CRITIC.resolutions("a red ball is thrown to the left"))
+    assert CRITIC.resolutions("a kettle boils") == []

@@ -18,6 +18,15 @@ Rules that keep refinement a safe lever:
 - converges: when the latest video passed every check, or every cue it needs is already
   there, the prompt is returned unchanged;
 - deterministic: the same prompt and history give the same rewrite.
+
+``RuleCritic().resolutions(prompt)`` is the other half: where a prompt leaves open what its
+video must decide anyway (which way a throw, a push or a roll goes; where a drop starts), it
+proposes every choice the world's scenes allow, one candidate prompt each, for the refinement
+loop to probe on the current generator (:func:`agent.refine.resolve_open_details`). A
+candidate is the world's own motion-level sentence when the prompt is the world's short prompt
+of that scene, else the prompt, every word kept, with the choice appended; either way it keeps
+the prompt's family, colours, shape, claims, direction and start words (:func:`entails`), so
+a resolution may narrow what a prompt allows but never contradicts it.
 """
 
 from __future__ import annotations
@@ -26,9 +35,13 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from reward.base import HistoryItem, Refinement, Score
 
+from . import physics as P
 from .intent import Intent, claimed_direction, parse_prompt
+from .simulator import Body, Scene, prompts_for
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,11 @@ class RuleCritic:
             critique += f" (left out for length: {', '.join(skipped)})"
         return Refinement(new, f"{critique}. {why}".strip())
 
+    def resolutions(self, prompt: str) -> list[Refinement]:
+        """Candidate prompts, one per way the world's scenes settle what ``prompt`` leaves open
+        (direction, start region); empty when nothing is open (see the module docstring)."""
+        return _resolutions(self, prompt)
+
     # -------------------------------------------------------------- helpers
     def _compose(self, prompt: str, intent: Intent, wanted: list[Cue]) -> tuple[list[tuple[str, str]], list[str]]:
         text = prompt.lower()
@@ -230,3 +248,115 @@ class RuleCritic:
     def _join(prompt: str, phrases: list[str]) -> str:
         base = prompt.strip().rstrip(".;, ")
         return "; ".join([base] + phrases) if phrases else base
+
+
+# ------------------------------------------------------------------ open details
+@dataclass(frozen=True)
+class Choice:
+    """One way to settle what a prompt leaves open: the sideways direction and the start region."""
+
+    direction: str | None  # "right" | "left" | None (a drop goes straight down)
+    horiz: str
+    vert: str
+
+    def label(self, family: str) -> str:
+        where = f"{self.vert} {self.horiz}" if family == "drop" else f"the {self.horiz}"
+        return f"starts at the {where}" if self.direction is None else f"goes {self.direction} from {where}"
+
+
+def world_choices(family: str) -> list[Choice]:
+    """Every (direction, start region) the world's scenes of ``family`` take, in a fixed order:
+    the family's sampling ranges (and their mirror image for mirrored families) on a grid."""
+    r = P.RANGES[family]
+    seen: list[Choice] = []
+    for mirrored in ((False, True) if family in P.MIRRORED else (False,)):
+        for x in np.linspace(*r.x0, 9):
+            for y in np.linspace(*r.y0, 5):
+                vx = float(np.mean(r.vx))
+                x0, vx = (P.SIZE - x, -vx) if mirrored else (x, vx)
+                horiz, vert = P.region_words(float(x0), float(y))
+                c = Choice(None if vx == 0 else ("right" if vx > 0 else "left"), horiz, vert)
+                if c not in seen:
+                    seen.append(c)
+    return seen
+
+
+def entails(candidate: Intent, original: Intent) -> bool:
+    """Whether ``candidate`` asks for everything ``original`` does and contradicts none of it:
+    same family, colours and shape (a shape only where the original names none), every claim,
+    the original's direction and each start word it gives."""
+    if candidate.family != original.family or candidate.colours != original.colours:
+        return False
+    if original.shape is not None and candidate.shape != original.shape:
+        return False
+    if not original.claims <= candidate.claims:
+        return False
+    if claimed_direction(original) is not None and claimed_direction(candidate) != claimed_direction(original):
+        return False
+    return all(o is None or o == c for o, c in zip(original.start, candidate.start))
+
+
+def _settles(intent: Intent, choice: Choice) -> bool:
+    """Whether ``choice`` agrees with everything the prompt already says about direction and start."""
+    way = claimed_direction(intent)
+    if way is not None and choice.direction != way:
+        return False
+    horiz, vert = intent.start
+    return (horiz is None or horiz == choice.horiz) and (vert is None or vert == choice.vert)
+
+
+def _world_prompts(intent: Intent, choice: Choice) -> list[str] | None:
+    """The simulator's prompts (every level) of a scene that makes ``choice`` (None without the colours)."""
+    need = 2 if intent.family == "collision" else 1
+    if len(intent.colours) < need:
+        return None
+    third = P.SIZE / 3
+    x = {"left": 0.5, "centre": 1.5, "right": 2.5}[choice.horiz] * third
+    y = {"top": 0.5, "middle": 1.5, "bottom": 2.5}[choice.vert] * third
+    vx = {None: 0.0, "right": 1.0, "left": -1.0}[choice.direction]
+    shape = "block" if intent.family == "slide" else "ball"
+    bodies = [Body(intent.colours[0], shape, x, y, vx, 0.0)]
+    if intent.family == "collision":
+        bodies.append(Body(intent.colours[1], "ball", P.SIZE / 2, P.REST_Y, 0.0, 0.0))
+    return prompts_for(Scene(intent.family, 0, tuple(bodies)))
+
+
+def _appended(prompt: str, intent: Intent, choice: Choice) -> str:
+    """``prompt`` with the choice stated as a clause in the world's words."""
+    where = f"{choice.vert} {choice.horiz}"
+    c = intent.colours[0] if intent.colours else ""
+    clause = {
+        "drop": f"it starts at rest at the {where} of the frame",
+        "projectile": f"it is thrown up and to the {choice.direction} from the {choice.horiz} side",
+        "slide": f"it is pushed to the {choice.direction} from the {choice.horiz} along the floor",
+        "collision": f"the {c} ball rolls to the {choice.direction} towards the resting ball",
+    }[intent.family]
+    return "; ".join([prompt.strip().rstrip(".;, "), " ".join(clause.split())])
+
+
+def _resolutions(critic: "RuleCritic", prompt: str) -> list[Refinement]:
+    intent = parse_prompt(prompt)
+    if intent.family is None:
+        return []
+    out: list[Refinement] = []
+    texts: set[str] = set()
+    for choice in world_choices(intent.family):
+        if not _settles(intent, choice):
+            continue
+        levels = _world_prompts(intent, choice)
+        # the world's own short prompt becomes its motion-level sentence (the same scene, the choice
+        # made); any other wording keeps every word and gets the choice appended
+        plain = " ".join(prompt.lower().split()).rstrip(". ")
+        text = levels[1] if levels is not None and levels[0] == plain else None
+        if text is None or not entails(parse_prompt(text), intent):
+            text = _appended(prompt, intent, choice)
+            if count_tokens(text) > critic.max_tokens or not entails(parse_prompt(text), intent):
+                continue
+        cand = parse_prompt(text)
+        if text == " ".join(prompt.split()) or text in texts or (
+                claimed_direction(cand) == claimed_direction(intent) and cand.start == intent.start):
+            continue  # nothing settled that the prompt did not already say
+        texts.add(text)
+        out.append(Refinement(text, f"{intent.family}: resolves what the prompt leaves open: "
+                                    f"{choice.label(intent.family)}"))
+    return out
