@@ -153,6 +153,7 @@ def _execute(name: str, cfg, plain: bool, *, resume: bool) -> None:
     from agent import loop
     from agent.dashboard import Dashboard
     from agent.distributed import LaunchError, rank_from_env
+    from agent.nodes import EmptyRoundError
     from agent.runtime import open_store
 
     if rank_from_env() > 0:  # a worker of a multi-process run: no dashboard, rank 0 reports
@@ -169,6 +170,10 @@ def _execute(name: str, cfg, plain: bool, *, resume: bool) -> None:
             loop.execute(name, cfg, ui=ui, resume=resume)
     except LaunchError as e:
         fail(str(e))
+    except EmptyRoundError as e:
+        console.print(f"[red]error:[/] {e}; continue with: agent run --resume {name}"
+                      + (f" --runs-dir {cfg.runs_dir}" if cfg.runs_dir != "runs" else ""), highlight=False)
+        raise typer.Exit(1)
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped; continue with: agent run --resume {name}"
                       + (f" --runs-dir {cfg.runs_dir}" if cfg.runs_dir != "runs" else ""))

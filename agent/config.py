@@ -160,6 +160,9 @@ class LoopTrainConfig(TrainConfig):
     replay_rounds: int = Field(
         0, ge=0, description="also train on the groups of the previous N rounds (their stored clips and "
         "scores, re-encoded); 0 = strictly on-policy, only this round's groups")
+    allow_empty_round: bool = Field(
+        False, description="close a round with no trainable group (e.g. the judge was down) without training; "
+        "by default the run stops with an error after judging the round's clips once more")
 
 
 class RunConfig(_Model):

@@ -65,6 +65,10 @@ def _round_groups(rt: Runtime, k: int, dataset: dict, replayed: bool = False) ->
     return groups, skipped
 
 
+class EmptyRoundError(RuntimeError):
+    """A round has no trainable group, even after its clips were judged once more."""
+
+
 class LoopState(TypedDict, total=False):
     run: str
     rounds: int  # round budget
@@ -236,12 +240,16 @@ class Nodes:
             rt.reset_adapter(k - 1)
             dataset = {p["id"]: p for p in train_pool(rt)}
             groups, skipped, replayed = [], Counter(), {}
-            for j in range(max(1, k - cfg.train.replay_rounds), k + 1):  # replayed rounds first, then this one
-                g, s = _round_groups(rt, j, dataset, replayed=j < k)
+            for j in range(max(1, k - cfg.train.replay_rounds), k):  # replayed rounds first, then this one
+                g, s = _round_groups(rt, j, dataset, replayed=True)
                 groups += g
                 skipped.update(s)
-                if j < k:
-                    replayed[j] = len(g)
+                replayed[j] = len(g)
+            current, s = _round_groups(rt, k, dataset)
+            if not current:
+                current, s = self._empty_round(state, dataset, s)
+            groups += current
+            skipped.update(s)
             rt._train_round = k
             summary = rt.train_round(groups)
             rt._train_round = None
@@ -258,7 +266,8 @@ class Nodes:
                     seconds=summary.seconds, extra={"updates": summary.updates, "skipped_steps": summary.skipped,
                                                     "step_skip_reasons": summary.skip_reasons,
                                                     "stop_reason": summary.stop_reason,
-                                                    "groups_replayed": replayed})
+                                                    "groups_replayed": replayed,
+                                                    "empty_round": not current})
                 if summary.skipped:
                     rt.store.record_event(rt.run, "nonfinite_loss", round=k, stage="train", count=summary.skipped,
                                           message=str(summary.skip_reasons))
@@ -266,6 +275,29 @@ class Nodes:
                     rt.store.record_event(rt.run, "diverged_restored", round=k, stage="train",
                                           message=summary.stop_reason or "")
         return {}
+
+    def _empty_round(self, state: LoopState, dataset: dict, skipped: Counter) -> tuple[list, Counter]:
+        """No group of this round is trainable: say so, judge the round's clips once more (a judge
+        that was down may be back), and stop the run unless ``train.allow_empty_round``."""
+        rt, k = self.rt, state["current"]
+        why = ", ".join(f"{n} × {r}" for r, n in skipped.most_common()) or "no training prompts"
+        rt.store.record_event(rt.run, "empty_round", round=k, stage="train", key="found",
+                              message=f"no trainable group ({why}); judging the round's clips again")
+        rt.ui.note(f"round {k}: no trainable group ({why}); judging its clips again")
+        self.judge(state)
+        groups, skipped = _round_groups(rt, k, dataset)
+        if groups:
+            return groups, skipped
+        why = ", ".join(f"{n} × {r}" for r, n in skipped.most_common()) or "no training prompts"
+        if rt.config.train.allow_empty_round:
+            rt.store.record_event(rt.run, "empty_round", round=k, stage="train", key="closed",
+                                  message=f"closed without training (train.allow_empty_round): {why}")
+            rt.ui.note(f"round {k}: closed without training ({why})")
+            return [], skipped
+        raise EmptyRoundError(
+            f"round {k} has no trainable group after judging its clips again ({why}); see `agent show "
+            f"{rt.run} --round {k}` and the judge's events, then resume the run, or set "
+            "train.allow_empty_round = true to close such rounds without training")
 
     def evaluate(self, state: LoopState) -> LoopState:
         evaluate_all(self.rt, state["current"])

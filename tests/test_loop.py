@@ -11,6 +11,7 @@ from agent.nodes import Nodes
 from agent.runtime import open_store
 from agent.world_data import split_seeds
 from store import REFINED_OFFSET
+from reward.base import Score
 from reward.world.physics import FAMILIES
 
 SMALL = ["train.steps=2", "data.world.train_scenes_per_family=1", "data.world.heldout_scenes_per_family=1",
@@ -292,5 +293,84 @@ def test_replay_trains_on_the_previous_rounds_groups_too(tmp_path):
         rt.layout.path(clip["path"]).write_bytes(b"not the clip")
         with pytest.raises(RuntimeError, match="replaying round 1"):
             _round_groups(rt, 1, {}, replayed=True)
+    finally:
+        store.close()
+
+
+def _judge_down_for_training_texts(monkeypatch, tmp_path, failing: dict):
+    """The analytic judge answers nothing for the round's training clips (in the judge and train
+    stages) while ``failing['n']`` calls remain (-1: for good); evaluation is unaffected."""
+    from reward.world.judge import PhysicsJudge
+
+    store = open_store(tmp_path)
+    train_texts = {p["text"] for p in store.dataset_prompts(source="world-train")}
+    store.close()
+    assert train_texts
+    original = PhysicsJudge.score_batch
+    active = {"on": False}
+
+    def score_batch(self, items):
+        if active["on"] and any(p in train_texts for p, _ in items) and failing["n"] != 0:
+            failing["n"] -= 1
+            return [Score.unjudged("judge down") for _ in items]
+        return original(self, items)
+
+    def scoped(node):
+        def wrapped(self, state):
+            active["on"] = True
+            try:
+                return node(self, state)
+            finally:
+                active["on"] = False
+        return wrapped
+
+    monkeypatch.setattr(PhysicsJudge, "score_batch", score_batch)
+    for stage in ("judge", "train"):
+        monkeypatch.setattr(Nodes, stage, scoped(getattr(Nodes, stage)))
+
+
+def test_a_round_with_nothing_to_train_on_stops_the_run_loudly_and_resumes(tmp_path, monkeypatch):
+    from agent.nodes import EmptyRoundError
+
+    cfg = start(tmp_path, "empty", ["rounds=1", "refine.enabled=false"])
+    failing = {"n": -1}  # down for good
+    _judge_down_for_training_texts(monkeypatch, tmp_path, failing)
+    with pytest.raises(EmptyRoundError, match="no trainable group after judging its clips again"):
+        loop.execute("empty", cfg)
+    store = open_store(tmp_path)
+    try:
+        events = [e for e in store.events("empty", 1) if e["kind"] == "empty_round"]
+        assert events and "judging the round's clips again" in events[0]["message"]
+        assert store.adapter("empty", 1) is None and store.get_run("empty")["status"] == "failed"
+        failing["n"] = 0  # the judge is back: resuming trains the round
+        loop.execute("empty", cfg, resume=True)
+        used = store.db.execute("SELECT groups_used FROM train_summaries WHERE run = 'empty' AND round = 1").fetchone()
+        assert used[0] == cfg.plan.prompts_per_round and store.get_run("empty")["status"] == "done"
+    finally:
+        store.close()
+
+
+def test_a_judge_that_comes_back_is_asked_again_and_allow_empty_round_closes_it(tmp_path, monkeypatch):
+    cfg = start(tmp_path, "back", ["rounds=1", "refine.enabled=false"])
+    failing = {"n": 2}  # both passes of the judge stage fail; the train stage's retry succeeds
+    _judge_down_for_training_texts(monkeypatch, tmp_path, failing)
+    loop.execute("back", cfg)
+    store = open_store(tmp_path)
+    try:
+        assert [e["kind"] for e in store.events("back", 1)].count("empty_round") == 1
+        used = store.db.execute("SELECT groups_used FROM train_summaries WHERE run = 'back' AND round = 1").fetchone()
+        assert used[0] == cfg.plan.prompts_per_round
+    finally:
+        store.close()
+    cfg = start(tmp_path, "allowed", ["rounds=1", "refine.enabled=false", "train.allow_empty_round=true"])
+    failing["n"] = -1
+    loop.execute("allowed", cfg)
+    store = open_store(tmp_path)
+    try:
+        msgs = [e["message"] for e in store.events("allowed", 1) if e["kind"] == "empty_round"]
+        assert len(msgs) == 2 and any(m.startswith("closed without training") for m in msgs)
+        row = store.db.execute("SELECT groups_used, extra_json FROM train_summaries WHERE run = 'allowed' AND round = 1"
+                               ).fetchone()
+        assert row[0] == 0 and '"empty_round": true' in row[1]
     finally:
         store.close()

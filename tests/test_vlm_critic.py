@@ -125,3 +125,29 @@ def test_entity_heuristic_uses_every_earlier_prompt():
     assert new_entities([PROMPT, "A red ball bounces next to a wall."], "The ball bounces off the wall.") == set()
     assert "wall" in new_entities([PROMPT], "The ball bounces off the wall.")
     assert noun_phrase_words("the small red ball rolling") == ["ball"]
+
+
+def test_resolutions_propose_rewrites_that_settle_open_details_and_drop_bad_ones():
+    body = {"open_details": ["which way it is thrown"],
+            "candidates": ["A red ball is thrown to the left.", "A red ball is thrown to the right.",
+                           "A red ball is thrown to the right by a dog.", "A red ball is thrown."]}
+    with LoopbackVLM(default=answer(body)) as srv:
+        out = make(srv).resolutions("A red ball is thrown.")
+        system = srv.requests[0]["messages"][0]["content"]
+    assert [r.prompt for r in out] == ["A red ball is thrown to the left.", "A red ball is thrown to the right."]
+    assert all("which way it is thrown" in r.critique for r in out)  # the dog is a new entity; the copy adds nothing
+    assert "up to 4 rewrites" in system and "Never add an object" in system
+
+
+def test_resolutions_reask_when_too_many_and_propose_nothing_on_failure():
+    many = answer({"open_details": ["x"], "candidates": [f"A red ball is thrown {w}." for w in
+                                                           ("left", "right", "high", "low", "far")]})
+    ok = answer({"open_details": ["x"], "candidates": ["A red ball is thrown left."]})
+    with LoopbackVLM([many, ok]) as srv:
+        out = make(srv).resolutions("A red ball is thrown.")
+        assert len(srv.requests) == 2 and "at most 4 prompts" in srv.requests[1]["messages"][-1]["content"]
+    assert [r.prompt for r in out] == ["A red ball is thrown left."]
+    with LoopbackVLM(default=status(500)) as srv:
+        assert make(srv).resolutions("A red ball is thrown.") == []
+    with pytest.raises(ValueError):
+        VLMCritic(VLMConfig(), max_candidates=0)

@@ -14,6 +14,13 @@ Guard rails, because a rewrite feeds straight into the generator:
   is kept, with the reason in the critique;
 - any failure (transport, two bad answers) returns the prompt unchanged with the error as
   the critique.
+
+``resolutions(prompt)`` is the *propose* half of the refinement loop's "propose, probe, keep the
+best" step (:func:`agent.refine.resolve_open_details`): the model names what the prompt leaves
+open that every video of it must decide (the direction of a motion, where an object starts, which
+object moves first, ...) and writes up to ``max_candidates`` rewrites, each settling those details
+differently, never contradicting the prompt. The same guard rails apply to each candidate; one
+that breaks them is dropped, and a failure proposes nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +64,30 @@ Reply with exactly one JSON object and nothing else:
 CORRECTION = ('Reply again with exactly one JSON object with the keys "expected_physics" (string), '
               '"observed" (string), "mismatches" (list of strings), "converged" (true/false) and '
               '"refined_prompt" (a non-empty prompt of at most {max_words} words), and no other text.')
+
+
+RESOLVE_PROMPT = """\
+A text-to-video generator must decide every detail a prompt leaves open; when the prompt does \
+not say, it tends to mix the possibilities (an object drifting both ways, or fading between two \
+start positions). Name the physically relevant details this prompt leaves open (the direction \
+of a motion, where an object starts, which object moves, ...), then write up to {n} rewrites, \
+each settling them in a different plausible way. Every rewrite keeps the same objects, colours \
+and intent and everything the prompt states; it only adds what was open. Never add an object, \
+person, animal or place. Use at most {max_words} words per rewrite. If nothing relevant is \
+open, return an empty list.
+Reply with exactly one JSON object and nothing else:
+{{"open_details": ["<detail>", ...], "candidates": ["<rewrite>", ...]}}"""
+
+RESOLVE_CORRECTION = ('Reply again with exactly one JSON object with the keys "open_details" (list of strings) '
+                      'and "candidates" (a list of at most {n} prompts of at most {max_words} words each), and no '
+                      'other text.')
+
+
+class ResolveAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore", title="open_details")
+
+    open_details: list[str] = Field(default_factory=list)
+    candidates: list[str] = Field(default_factory=list)
 
 
 class CriticAnswer(BaseModel):
@@ -216,9 +247,12 @@ class VLMCritic:
     name = "vlm"
 
     def __init__(self, config: VLMConfig | None = None, *, client: VLMClient | None = None,
-                 max_words: int = 120) -> None:
+                 max_words: int = 120, max_candidates: int = 4) -> None:
         if max_words < 5:
             raise ValueError(f"max_words must be at least 5, got {max_words}")
+        if max_candidates < 1:
+            raise ValueError(f"max_candidates must be at least 1, got {max_candidates}")
+        self.max_candidates = max_candidates
         if client is None:
             client = VLMClient(config or VLMConfig())
         self.client = client
@@ -279,6 +313,37 @@ class VLMCritic:
 
     def refine(self, prompt: str, history: Sequence[HistoryItem]) -> Refinement:
         return self.client.run(lambda: self.arefine(prompt, history))
+
+    async def aresolutions(self, prompt: str) -> list[Refinement]:
+        messages = [{"role": "system", "content": RESOLVE_PROMPT.format(n=self.max_candidates,
+                                                                         max_words=self.max_words)},
+                    {"role": "user", "content": f'Prompt: "{prompt}"\nAnswer with the JSON object only.'}]
+
+        def check(a: ResolveAnswer) -> None:
+            if len(a.candidates) > self.max_candidates:
+                raise AnswerProblem("out_of_range", f"{len(a.candidates)} candidates, the limit is "
+                                                    f"{self.max_candidates}")
+
+        try:
+            asked = await ask_validated(self.client, messages, ResolveAnswer, check=check,
+                                        correction=RESOLVE_CORRECTION.format(n=self.max_candidates,
+                                                                             max_words=self.max_words))
+        except AskFailure:
+            return []  # nothing proposed: the refinement goes on with the prompt as written
+        a, raw = asked.answer, _raw(asked.raws)
+        open_ = "; ".join(d.strip() for d in a.open_details if d.strip()) or "unnamed"
+        out: list[Refinement] = []
+        plain = " ".join(prompt.split())
+        for text in (" ".join(c.split()) for c in a.candidates):
+            if (not text or text == plain or text in [r.prompt for r in out] or word_count(text) > self.max_words
+                    or new_entities([prompt], text)):
+                continue
+            out.append(Refinement(prompt=text, critique=f"resolves what the prompt leaves open: {open_}", raw=raw))
+        return out
+
+    def resolutions(self, prompt: str) -> list[Refinement]:
+        """Candidate rewrites settling what ``prompt`` leaves open (see the module docstring)."""
+        return self.client.run(lambda: self.aresolutions(prompt))
 
     def refine_batch(self, jobs: Sequence[tuple[str, Sequence[HistoryItem]]]) -> list[Refinement]:
         """Refines many prompts concurrently (bounded by the client's concurrency)."""
