@@ -25,8 +25,8 @@ FAULTS = [hang(1.5), status(429, retry_after=0.05), status(500), status(503), tr
           answer({"semantic_adherence": 4, "verdict": "Accept"}), refusal_text(), empty_choices()]
 
 
-def run_against(tmp_path, base_url: str):
-    cfg, _ = load_config("smoke", [*BASE, f"runs_dir='{tmp_path}'", f"judge.vlm.base_urls=['{base_url}']"])
+def run_against(tmp_path, base_url: str, extra=()):
+    cfg, _ = load_config("smoke", [*BASE, f"runs_dir='{tmp_path}'", f"judge.vlm.base_urls=['{base_url}']", *extra])
     loop.prepare_run(cfg, preset="smoke", name="v")
     loop.execute("v", cfg)
     return cfg
@@ -62,16 +62,29 @@ def test_faulty_server_run_completes_and_counts_faults(tmp_path, monkeypatch, ca
 
 
 def test_unreachable_server_leaves_everything_unjudged(tmp_path, monkeypatch):
+    """Nothing is guessed: every clip stays unjudged; the round with nothing to train on stops the
+    run (by default) after its clips were asked again, or closes untrained when allowed."""
+    from agent.nodes import EmptyRoundError
+
     monkeypatch.setenv("PHYLOOP_TEST_KEY", SECRET)
-    run_against(tmp_path, f"http://127.0.0.1:{closed_port()}/v1")
-    store = open_store(tmp_path)
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    with pytest.raises(EmptyRoundError, match="round 1 has no trainable group"):
+        run_against(tmp_path / "stop", url)
+    store = open_store(tmp_path / "stop")
     try:
-        videos = store.videos("v")
-        assert videos
-        for v in videos:
+        assert store.adapter("v", 1) is None and any(e["kind"] == "empty_round" for e in store.events("v", 1))
+        train = {v["id"] for v in store.videos("v", 1, split="train")}
+        for v in store.videos("v"):
             (row,) = store.scores(v["id"])
             assert not row["judged"] and "connection" in row["error"]
-            assert row["attempts"] == 2  # asked in two passes, never guessed
+            assert row["attempts"] == (4 if v["id"] in train else 2)  # two passes (two more in train), no guess
+    finally:
+        store.close()
+    run_against(tmp_path / "allowed", url, ["train.allow_empty_round=true"])
+    store = open_store(tmp_path / "allowed")
+    try:
+        videos = store.videos("v")
+        assert videos and all(not store.scores(v["id"])[0]["judged"] for v in videos)
         assert store.fault_counts("v")["vlm_connection"] >= len(videos)
         d = store.round_detail("v", 1)
         assert d["training"]["summary"]["groups_used"] == 0  # no judged losers: nothing trained on

@@ -196,6 +196,18 @@ def test_bounded_concurrency():
     assert 0.55 <= elapsed < 1.6  # three waves of 0.2 s, not nine
 
 
+def test_a_request_backing_off_gives_its_concurrency_slot_to_the_others():
+    """One slot, the first answer a 429 with Retry-After 0.6 s: the other requests are served while it
+    waits (they do not queue behind its sleep), and the slot still bounds what is in flight."""
+    with LoopbackVLM([status(429, retry_after=0.6)], default=judgement(latency=0.1)) as srv:
+        judge = VLMJudge(cfg(srv.base_url, concurrency=1))
+        scores = judge.score_batch([(f"p{i}", video(t=4, h=8, w=8)) for i in range(3)])
+        arrivals = [t - srv.arrivals[0] for t in srv.arrivals]
+    assert all(s.judged for s in scores) and len(arrivals) == 4
+    assert arrivals[1] < 0.3 and arrivals[2] < 0.4  # served during the first one's backoff
+    assert arrivals[3] >= 0.55 and srv.max_in_flight == 1
+
+
 def test_payload_limit_checked_before_sending():
     with LoopbackVLM() as srv:
         judge = VLMJudge(cfg(srv.base_url, max_payload_bytes=4000, image_format="png", frame_max_side=None))

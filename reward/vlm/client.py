@@ -247,10 +247,12 @@ class VLMClient:
         state = self._state()
         n_urls = len(cfg.base_urls)
         first = next(self._rr)  # round-robin start; each retry moves on to the next endpoint
-        async with state.semaphore:
-            for attempt in range(cfg.max_retries + 1):
-                i = (first + attempt) % n_urls
-                client, url = state.clients[i], cfg.base_urls[i]
+        # the concurrency slot is held for each attempt only: a request backing off sleeps outside it,
+        # so the other requests keep the endpoint busy meanwhile
+        for attempt in range(cfg.max_retries + 1):
+            i = (first + attempt) % n_urls
+            client, url = state.clients[i], cfg.base_urls[i]
+            async with state.semaphore:
                 start = time.perf_counter()
                 try:
                     # The documented raw-request path of the SDK (same auth, timeout, error types
@@ -258,21 +260,19 @@ class VLMClient:
                     # TypedDict transform, which walks every image part on the event loop
                     # (~3 ms per 8-frame request) and is a no-op for a plain JSON body.
                     completion = await client.post("/chat/completions", cast_to=ChatCompletion, body=body)
+                    return _reply(completion, url, attempt + 1, time.perf_counter() - start)
                 except (openai.OpenAIError, json.JSONDecodeError) as err:
                     kind, server_delay = _classify(err)
                     self.faults.add(kind)
                     message = _short(err)
-                    if kind not in RETRYABLE or attempt == cfg.max_retries:
-                        log.warning("VLM request to %s failed for good after %d attempt(s): %s (%s)",
-                                    url, attempt + 1, kind, message)
-                        raise VLMRequestError(kind, f"{message} (after {attempt + 1} attempt(s))",
-                                              attempt + 1) from None
-                    delay = self._backoff(attempt, server_delay)
-                    log.info("VLM request to %s: %s, retry %d/%d in %.2f s", url, kind, attempt + 1,
-                             cfg.max_retries, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                return _reply(completion, url, attempt + 1, time.perf_counter() - start)
+            if kind not in RETRYABLE or attempt == cfg.max_retries:
+                log.warning("VLM request to %s failed for good after %d attempt(s): %s (%s)",
+                            url, attempt + 1, kind, message)
+                raise VLMRequestError(kind, f"{message} (after {attempt + 1} attempt(s))", attempt + 1) from None
+            delay = self._backoff(attempt, server_delay)
+            log.info("VLM request to %s: %s, retry %d/%d in %.2f s", url, kind, attempt + 1,
+                     cfg.max_retries, delay)
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ---------------------------------------------------------------- sync bridge
