@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -138,3 +139,57 @@ def test_parse_helpers():
     with pytest.raises(AnswerProblem) as info:
         parse_answer("nothing here", Judgement)
     assert info.value.kind == "malformed"
+
+
+# ------------------------------------------------------------------ logprob mode
+from reward.vlm.judge import QUESTIONS, p_yes  # noqa: E402
+from tests.vlm_server import yes_no  # noqa: E402
+
+
+def by_question(sa: float, pc: float, **kw):
+    """A server answering each yes/no question with its own P(yes)."""
+    def reply(body):
+        text = body["messages"][1]["content"][-1]["text"]
+        return yes_no(sa if text.startswith(QUESTIONS["semantic_adherence"]) else pc, **kw)
+    return reply
+
+
+def test_p_yes_sums_the_spellings_and_renormalises_over_yes_and_no():
+    top = [("Yes", math.log(0.48)), (" yes", math.log(0.12)), ("No", math.log(0.18)), ("no.", math.log(0.02)),
+           ("Maybe", math.log(0.2))]
+    p, mass = p_yes(top)
+    assert p == pytest.approx(0.6 / 0.8) and mass == pytest.approx(0.8)
+    assert p_yes([("Maybe", 0.0)]) is None and p_yes([]) is None
+
+
+def test_logprob_mode_reads_p_yes_from_one_token_answers():
+    with LoopbackVLM(default=by_question(0.9, 0.3)) as srv:
+        judge = make_judge(srv, mode="logprob")
+        score = judge.score("a ball drops", CLIP)
+        bodies = list(srv.requests)
+    assert score.judged and score.sa == pytest.approx(0.9) and score.pc == pytest.approx(0.3)
+    assert score.accept is False and "physical commonsense 0.300" in score.rationale
+    assert len(bodies) == 2 and all(b["logprobs"] is True and b["top_logprobs"] == 20 and b["max_tokens"] == 1
+                                    and "response_format" not in b for b in bodies)
+    questions = {b["messages"][1]["content"][-1]["text"] for b in bodies}
+    assert questions == {q + " Answer Yes or No." for q in QUESTIONS.values()}
+    assert any(p.get("type") == "image_url" for p in bodies[0]["messages"][1]["content"])
+    raw = json.loads(score.raw)
+    assert [r["question"] for r in raw] == list(QUESTIONS) and raw[0]["top_logprobs"][0][0] == "Yes"
+    assert score.details["mode"] == "logprob" and score.details["yes_no_mass"]["semantic_adherence"] == \
+        pytest.approx(1.0)
+    with LoopbackVLM(default=by_question(0.8, 0.6, other=0.2)) as srv:
+        s = make_judge(srv, mode="logprob").score("a ball drops", CLIP)
+    assert s.accept is True and s.sa == pytest.approx(1.0) and s.pc == pytest.approx(0.6 / 0.8)
+
+
+def test_logprob_mode_without_logprobs_or_yes_no_is_unjudged_with_the_reason():
+    with LoopbackVLM(default=judgement()) as srv:  # a server that ignores logprobs
+        judge = make_judge(srv, mode="logprob")
+        s = judge.score("a ball drops", CLIP)
+    assert not s.judged and s.error.startswith("no_logprobs") and judge.faults.snapshot()["no_logprobs"] == 1
+    with LoopbackVLM(default=yes_no(0.0, other=1.0)) as srv:  # only "Maybe"
+        s = make_judge(srv, mode="logprob").score("a ball drops", CLIP)
+    assert not s.judged and s.error.startswith("no_yes_no") and "Maybe" in s.raw
+    with pytest.raises(ValueError):
+        VLMConfig(mode="probabilities")

@@ -43,6 +43,7 @@ class Reply:
     retry_after: str | None = None
     refusal: str | None = None
     finish_reason: str = "stop"
+    top_logprobs: list[tuple[str, float]] | None = None  # the first token's alternatives (logprobs requests)
 
 
 # ------------------------------------------------------------------ reply builders
@@ -57,6 +58,17 @@ def judgement(sa: int = 4, pc: int = 3, verdict: str = "Accept",
     text = json.dumps({"semantic_adherence": sa, "physical_commonsense": pc, "verdict": verdict,
                        "rationale": rationale})
     return answer(f"```json\n{text}\n```" if fenced else text, latency)
+
+
+def yes_no(p_yes: float, latency: float = 0.0, other: float = 0.0) -> Reply:
+    """A one-token answer whose first token's top logprobs give P(Yes) = ``p_yes`` (spread over the
+    spellings " Yes"/"yes" as a real tokenizer would), P(No) = 1 − p_yes − ``other``."""
+    import math
+
+    p_no = 1.0 - p_yes - other
+    alts = [("Yes", 0.8 * p_yes), (" yes", 0.2 * p_yes), ("No", 0.9 * p_no), ("no", 0.1 * p_no), ("Maybe", other)]
+    alts = sorted(((t, math.log(p)) for t, p in alts if p > 0), key=lambda a: -a[1])
+    return Reply("ok", alts[0][0] if alts else "", latency, top_logprobs=alts)
 
 
 def status(code: int, retry_after: float | str | None = None, latency: float = 0.0) -> Reply:
@@ -155,8 +167,13 @@ class LoopbackVLM:
         return self.default(body) if callable(self.default) else self.default
 
     def _completion(self, reply: Reply) -> dict:
+        logprobs = None
+        if reply.top_logprobs is not None:  # the OpenAI / vLLM chat logprobs shape
+            top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in reply.top_logprobs]
+            first = top[0] if top else {"token": reply.content or "", "logprob": 0.0, "bytes": []}
+            logprobs = {"content": [{**first, "top_logprobs": top}], "refusal": None}
         choices = [] if reply.kind == "empty_choices" else [{
-            "index": 0, "finish_reason": reply.finish_reason, "logprobs": None,
+            "index": 0, "finish_reason": reply.finish_reason, "logprobs": logprobs,
             "message": {"role": "assistant", "content": reply.content, "refusal": reply.refusal}}]
         return {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion",
                 "created": int(time.time()), "model": self.model, "choices": choices,

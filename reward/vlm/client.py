@@ -46,6 +46,7 @@ FAULT_KINDS = (
     "timeout", "rate_limited", "server_error", "connection", "client_error",   # transport
     "payload_too_large",                                                       # refused locally
     "malformed", "out_of_range", "refusal", "empty_choices",                   # answer
+    "no_logprobs", "no_yes_no",                                                # logprob-mode answer
 )
 RETRYABLE = frozenset({"timeout", "rate_limited", "server_error", "connection"})
 
@@ -105,6 +106,7 @@ class ChatReply:
     base_url: str
     attempts: int
     latency_s: float
+    top_logprobs: list[tuple[str, float]] | None = None  # first answer token's alternatives, when asked
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -200,12 +202,17 @@ class VLMClient:
         return ([{"type": "video_url", "video_url": {"url": url}}],
                 {"mode": "video_url", "num_frames": int(len(video)), "fps": cfg.video_fps})
 
-    def request_body(self, messages: list[dict], json_schema: dict | None = None) -> dict:
-        """The exact JSON body POSTed to ``/chat/completions``."""
+    def request_body(self, messages: list[dict], json_schema: dict | None = None,
+                     top_logprobs: int | None = None) -> dict:
+        """The exact JSON body POSTed to ``/chat/completions``. With ``top_logprobs`` the answer is
+        one token and its ``top_logprobs`` most likely alternatives come back with their log-probabilities
+        (no JSON format is asked for)."""
         cfg = self.config
         body: dict[str, Any] = {"model": cfg.model, "messages": messages,
                                 "temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
-        if cfg.response_format == "json_object":
+        if top_logprobs is not None:
+            body.update(max_tokens=1, logprobs=True, top_logprobs=int(top_logprobs))
+        elif cfg.response_format == "json_object":
             body["response_format"] = {"type": "json_object"}
         elif cfg.response_format == "json_schema" and json_schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {
@@ -239,10 +246,11 @@ class VLMClient:
         base = cfg.backoff_base_s * (2 ** attempt)
         return min(base * (1.0 + 0.25 * random.random()), cfg.backoff_max_s)
 
-    async def chat(self, messages: list[dict], json_schema: dict | None = None) -> ChatReply:
+    async def chat(self, messages: list[dict], json_schema: dict | None = None,
+                   top_logprobs: int | None = None) -> ChatReply:
         """Sends one chat completion, retrying transport faults; raises VLMRequestError."""
         cfg = self.config
-        body = self.request_body(messages, json_schema)
+        body = self.request_body(messages, json_schema, top_logprobs)
         self.check_payload(body)
         state = self._state()
         n_urls = len(cfg.base_urls)
@@ -319,7 +327,11 @@ def _reply(completion: Any, url: str, attempts: int, latency: float) -> ChatRepl
         return ChatReply(None, None, None, 0, getattr(completion, "model", "") or "", url, attempts, latency)
     first = choices[0]
     message = first.message
+    top = None
+    content_lp = getattr(getattr(first, "logprobs", None), "content", None)
+    if content_lp:
+        top = [(str(t.token), float(t.logprob)) for t in (content_lp[0].top_logprobs or [])]
     return ChatReply(content=message.content, finish_reason=first.finish_reason,
                      refusal=getattr(message, "refusal", None), n_choices=len(choices),
                      model=getattr(completion, "model", "") or "", base_url=url, attempts=attempts,
-                     latency_s=latency)
+                     latency_s=latency, top_logprobs=top)

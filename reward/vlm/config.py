@@ -47,6 +47,12 @@ class VLMConfig(BaseModel):
         "json_object", description="how to ask for JSON: json_object works on OpenAI and vLLM; "
         "json_schema constrains decoding to the answer schema; none for servers that reject both")
 
+    mode: Literal["scores", "logprob"] = Field(
+        "scores", description="judge answers: 'scores' parses 1-5 ratings and a verdict from a JSON answer; "
+        "'logprob' asks yes/no questions and reads P(yes) from the first answer token's top_logprobs "
+        "(one token per question; vLLM and OpenAI return them)")
+    top_logprobs: int = Field(20, ge=2, le=20, description="alternatives per token read in logprob mode")
+
     @field_validator("base_urls")
     @classmethod
     def _urls(cls, urls: list[str]) -> list[str]:

@@ -11,12 +11,22 @@ A bad answer is asked again once; if it is still bad, or the server cannot be re
 the video is returned *unjudged* with the reason — a guessed score would be a wrong
 training signal. Every raw answer is kept in ``Score.raw`` (a JSON list of the answer
 texts, in order; empty when no answer arrived).
+
+``mode = "logprob"`` (as peer trainers' VLM rewards do): instead of parsed ratings, one yes/no
+question per score — does the video show what the prompt describes; does its motion follow
+everyday physics — each answered with a single token, and the score is P(yes) = p_yes / (p_yes +
+p_no) summed over the spellings of "yes" and "no" among the first token's ``top_logprobs``. A
+continuous reward from one short forward pass per question, less noisy than a 1–5 rating; the
+verdict is Accept when both probabilities are at least ½. The raw answer stored is the returned
+top tokens with their log-probabilities; a server that returns no logprobs, or no yes/no token
+among them, leaves the clip unjudged with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Annotated, Literal, Sequence
 
 import numpy as np
@@ -24,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reward.base import Score
 from reward.vlm.answers import AskFailure, ask_validated
-from reward.vlm.client import FaultCounter, VLMClient
+from reward.vlm.client import FaultCounter, VLMClient, VLMRequestError
 from reward.vlm.config import VLMConfig
 
 Rating = Annotated[int, Field(ge=1, le=5, strict=True)]
@@ -73,6 +83,37 @@ nothing else:
 CORRECTION = ('Reply again with exactly one JSON object with the keys "semantic_adherence" and '
               '"physical_commonsense" (integers from 1 to 5), "verdict" ("Accept" or "Reject") and '
               '"rationale" (a short string), and no other text.')
+
+
+LOGPROB_SYSTEM = """\
+You judge generated videos for physical realism. You receive a text prompt, a video (either \
+frames in temporal order, first to last, or the clip itself) and one yes/no question about it. \
+Look at the frames in order, then answer with exactly one word: Yes or No."""
+
+#: logprob mode: the question behind each score
+QUESTIONS: dict[str, str] = {
+    "semantic_adherence": "Does the video show what the prompt describes: the named objects with their "
+                          "attributes, the action, and its outcome?",
+    "physical_commonsense": "Judged on what is shown, whatever the prompt says: does the motion follow everyday "
+                            "physics? Objects persist and keep their shape and size, unsupported objects fall "
+                            "and speed up, a bounce rebounds lower than the drop, sliding objects slow down and "
+                            "stop, and nothing changes its motion without a visible cause.",
+}
+
+
+def p_yes(top: list[tuple[str, float]]) -> tuple[float, float] | None:
+    """P(yes) among the yes/no answers of one token's alternatives, and the probability mass they
+    hold; None when no spelling of "yes" or "no" is among them."""
+    yes = no = 0.0
+    for token, logprob in top:
+        word = token.strip().strip(".!,:").lower()
+        if word == "yes":
+            yes += math.exp(logprob)
+        elif word == "no":
+            no += math.exp(logprob)
+    if yes + no <= 0.0:
+        return None
+    return yes / (yes + no), yes + no
 
 
 class Judgement(BaseModel):
@@ -134,6 +175,8 @@ class VLMJudge:
     async def ascore(self, prompt: str, video: np.ndarray) -> Score:
         # Encoding in a worker thread (OpenCV releases the GIL) overlaps it with other requests.
         parts, desc = await asyncio.to_thread(self.client.video_content, video)
+        if self.config.mode == "logprob":
+            return await self._ascore_logprob(prompt, parts, desc)
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": user_content(prompt, parts, desc)}]
         try:
@@ -150,6 +193,43 @@ class VLMJudge:
         return Score(sa=normalise(j.semantic_adherence), pc=normalise(j.physical_commonsense),
                      accept=j.verdict == "Accept", rationale=j.rationale.strip(),
                      raw=_raw(asked.raws), details=details)
+
+    async def _ascore_logprob(self, prompt: str, parts: list[dict], desc: dict) -> Score:
+        content = user_content(prompt, parts, desc)[:-1]  # the video, without the JSON instruction
+
+        async def ask(key: str):
+            messages = [{"role": "system", "content": LOGPROB_SYSTEM},
+                        {"role": "user", "content": content + [{"type": "text", "text": QUESTIONS[key] +
+                                                                " Answer Yes or No."}]}]
+            return await self.client.chat(messages, top_logprobs=self.config.top_logprobs)
+
+        keys = list(QUESTIONS)
+        try:
+            replies = await asyncio.gather(*(ask(k) for k in keys))
+        except VLMRequestError as err:
+            return Score.unjudged(f"{err.kind}: {str(err).split(': ', 1)[-1]}")
+        raw = json.dumps([{"question": k, "content": r.content, "top_logprobs": r.top_logprobs}
+                          for k, r in zip(keys, replies)], ensure_ascii=False)
+        probs, mass = {}, {}
+        for k, r in zip(keys, replies):
+            if not r.top_logprobs:
+                self.faults.add("no_logprobs")
+                return Score.unjudged("no_logprobs: the server returned no top_logprobs (does it support "
+                                      "logprobs? vLLM and OpenAI do)", raw=raw)
+            got = p_yes(r.top_logprobs)
+            if got is None:
+                self.faults.add("no_yes_no")
+                return Score.unjudged(f"no_yes_no: neither yes nor no among the top {len(r.top_logprobs)} "
+                                      f"tokens of the {k} answer", raw=raw)
+            probs[k], mass[k] = got
+        sa, pc = probs["semantic_adherence"], probs["physical_commonsense"]
+        details = {"mode": "logprob", "p_yes": {k: round(v, 6) for k, v in probs.items()},
+                   "yes_no_mass": {k: round(v, 6) for k, v in mass.items()},
+                   "model": replies[-1].model or self.config.model, "base_url": replies[-1].base_url,
+                   "video": dict(desc), "latency_s": round(sum(r.latency_s for r in replies), 4)}
+        return Score(sa=sa, pc=pc, accept=sa >= 0.5 and pc >= 0.5,
+                     rationale=f"P(yes): semantic adherence {sa:.3f}, physical commonsense {pc:.3f}",
+                     raw=raw, details=details)
 
     async def ascore_batch(self, items: Sequence[tuple[str, np.ndarray]]) -> list[Score]:
         """Scores concurrently; the client's semaphore bounds requests in flight."""
