@@ -13,9 +13,11 @@ What the loop needs from Wan, and how it is kept cheap:
   and :meth:`WanGenerator.encode_videos` use exactly these formulas, so generated and real videos
   live in the space the transformer sees.
 - **Generation.** Each batch is one pipeline call with ``output_type="latent"``; the final denoised
-  latents are decoded here. By default (``train_latents="sampler"``) training uses those latents —
-  exactly what made the video, no extra VAE pass. ``"reencode"`` instead encodes the decoded video,
-  so generated losers go through the same encoder as real winners (one VAE encode per clip).
+  latents are decoded here. By default (``train_latents="reencode"``) the decoded video is encoded
+  again for training, so generated losers go through the same VAE encoder as real winners (one VAE
+  encode per clip): a preference between a winner and a loser then cannot be learnt from the
+  encoder's statistics instead of the physics. ``"sampler"`` trains on the sampler's own latents
+  (no extra VAE pass); it is not shown equivalent, so choosing it logs a warning.
   Clip ``j`` of prompt ``i`` starts from noise drawn by a CPU ``torch.Generator`` seeded
   ``seeds[i] + j`` (CPU generators give the same noise on any device and in any batch).
 - **Text.** UMT5 embeddings ``(L, 4096)`` (zero-padded to ``max_sequence_length``) are cached per
@@ -31,6 +33,7 @@ What the loop needs from Wan, and how it is kept cheap:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import OrderedDict
@@ -42,6 +45,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from policy.base import AdapterIO, Generated, TrainingInputs
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # diffusers/peft are imported lazily: `--dry-run` must not pay for them
     from diffusers import WanPipeline
@@ -85,7 +90,9 @@ class WanConfig(BaseModel):
     text_encoder_offload: bool = False
     max_sequence_length: int = Field(512, ge=1)
     fps: int = Field(16, ge=1)
-    train_latents: Literal["sampler", "reencode"] = "sampler"
+    train_latents: Literal["sampler", "reencode"] = Field(
+        "reencode", description="'reencode': losers VAE-encoded from their decoded videos, like the real "
+        "winners (same encoder); 'sampler': the sampler's raw latents (not shown equivalent; warns)")
     prompt_cache_size: int = Field(4096, ge=1)
 
     @field_validator("num_frames")
@@ -232,6 +239,10 @@ class WanGenerator(AdapterIO):
     def __init__(self, config: WanConfig, pipe: "WanPipeline | None" = None):
         """Load ``config.model`` (or wrap an already loaded ``pipe``) and place it on the device."""
         self.config = config
+        if config.train_latents == "sampler":
+            log.warning("generate.wan.train_latents = 'sampler': losers are trained on raw sampler latents while "
+                        "real winners are VAE-encoded, so the preference can be learnt from encoder statistics; "
+                        "this is not shown equivalent to 'reencode' (the default)")
         self.device = config.resolved_device()
         self.dtype = config.torch_dtype(self.device)
         if pipe is None:
