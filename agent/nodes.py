@@ -58,7 +58,9 @@ def _round_groups(rt: Runtime, k: int, dataset: dict, replayed: bool = False) ->
         cond_text = p["original"] if cfg.refine.distil else p["text"]
         with rt.timing("model"):
             if plan.winner == "real":
-                real_latent = rt.generator.encode_videos([read_video(rt.runs_dir / real)])[0]
+                video = read_video(rt.runs_dir / real)
+                conform = getattr(rt.generator, "conform", None)  # a real video of another geometry is resampled
+                real_latent = rt.generator.encode_videos([conform(video) if conform else video])[0]
             text = rt.generator.encode_prompts([cond_text])[0]
         groups.append(build_group_sample(plan, text=text, generated=latents, candidates=cands,
                                          real=real_latent, prompt=cond_text))

@@ -239,11 +239,19 @@ class Runtime:
         return int(row["round"])
 
     def latents_for(self, video_rows: list[dict]):
-        """Latents of stored videos: from this process's cache, else encoded from the files."""
+        """Latents of stored videos: from this process's cache, else the stored latent file (kept
+        where the video file is lossy; checked against its hash), else encoded from the video file."""
         import torch
 
-        from store import read_video
+        from store import read_video, verify
 
+        for v in video_rows:
+            if v["id"] not in self.latents and v.get("latent_path"):
+                path = self.layout.path(v["latent_path"])
+                if not verify(path, v["latent_sha256"]):
+                    raise RuntimeError(f"training latent {v['latent_path']} is missing or does not match its hash; "
+                                       "delete the round's clips to regenerate them")
+                self.latents[v["id"]] = read_latent(path)
         missing = [v for v in video_rows if v["id"] not in self.latents]
         if missing:
             videos = [read_video(self.layout.path(v["path"])) for v in missing]
@@ -252,6 +260,22 @@ class Runtime:
             for v, lat in zip(missing, enc):
                 self.latents[v["id"]] = lat
         return torch.stack([self.latents[v["id"]] for v in video_rows])
+
+
+def write_latent(path, latent) -> str:
+    """Write one training latent (safetensors, atomically); returns the file's sha256."""
+    from safetensors.torch import save
+
+    from store import atomic_write_bytes, sha256_file
+
+    atomic_write_bytes(path, save({"latent": latent.detach().cpu().contiguous()}))
+    return sha256_file(path)
+
+
+def read_latent(path):
+    from safetensors.torch import load
+
+    return load(Path(path).read_bytes())["latent"]
 
 
 def _finite(x):

@@ -16,7 +16,7 @@ import numpy as np
 
 from agent.failpoints import failpoint
 from agent.refine import refine_prompt
-from agent.runtime import Runtime
+from agent.runtime import Runtime, write_latent
 from agent.world_data import SOURCE_HELDOUT, SOURCE_PARAPHRASE, SOURCE_TRAIN, pool_ids
 from reward.base import Score
 from store import REFINED_OFFSET, read_video, verify, write_video
@@ -137,10 +137,15 @@ def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[
                     j = g.seed - jobs[n][2]
                     rel = rt.layout.video_relpath(k, split, idx, kind, j, suffix=suffix)
                     sha = write_video(rt.layout.path(rel), g.video, fps=fps)
+                    lat_rel = lat_sha = None
+                    if kind == "generated" and suffix != ".npy" and g.latent is not None:
+                        # the video file is lossy: keep the exact latent the trainer will use
+                        lat_rel = rel.rsplit(".", 1)[0] + ".latent.safetensors"
+                        lat_sha = write_latent(rt.layout.path(lat_rel), g.latent)
                     vid = rt.store.record_video(
                         rt.run, k, split, idx, kind, j, path=rel, sha256=sha, seed=g.seed, prompt_text=text,
                         adapter_round=adapter_round, frames=g.video.shape[0], height=g.video.shape[1],
-                        width=g.video.shape[2], fps=fps)
+                        width=g.video.shape[2], fps=fps, latent_path=lat_rel, latent_sha256=lat_sha)
                     rt.latents[vid] = g.latent
                     out[n][j] = Clip(vid, idx, j, text, g.video)
                 if kind == "generated":

@@ -261,10 +261,14 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    metadata = lora_config(model).to_dict()
+    for key in ("target_modules", "exclude_modules"):  # peft keeps these as sets: iteration order varies
+        if isinstance(metadata.get(key), (set, frozenset, list, tuple)):  # by process, so the file would too
+            metadata[key] = sorted(metadata[key])
     WanLoraLoaderMixin.save_lora_weights(
         directory,
         transformer_lora_layers={k: v.detach().contiguous() for k, v in lora_state_dict(model).items()},
-        transformer_lora_adapter_metadata=lora_config(model).to_dict(),
+        transformer_lora_adapter_metadata=metadata,
         weight_name=WEIGHT_NAME,
         safe_serialization=True,
     )

@@ -328,6 +328,13 @@ class WanGenerator(AdapterIO):
         frames = (x / 2 + 0.5).clamp(0, 1).float()
         return (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
+    def conform(self, video: np.ndarray) -> np.ndarray:
+        """A real video fitted to the preset's geometry (:func:`conform_video`; unchanged when it fits)."""
+        video = np.asarray(video)
+        if video.shape[:3] == self.video_shape:
+            return video
+        return conform_video(video, *self.video_shape)
+
     @torch.no_grad()
     def encode_videos(self, videos: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 ``(T, H, W, 3)`` clips of the preset's geometry → normalised latents ``(B, C, T', H', W')``.

@@ -35,7 +35,9 @@ videos           id PK · run · round (FK rounds) · split · prompt_idx · rou
                  round_prompts · kind ('generated'|'real'|'eval') · group_index · seed ·
                  prompt_text (exact conditioning text) · path (relative to the run folder)
                  · sha256 · adapter_round (round whose LoRA made it; NULL = base model) ·
-                 frames · height · width · fps · created_at
+                 frames · height · width · fps · created_at · latent_path · latent_sha256 (the
+                 exact training latent of a clip whose video file is lossy, e.g. H.264; NULL
+                 when the stored video itself is what training encodes)
 scores           (video_id FK videos, judge) PK · sa · pc (both in [0, 1]) · accept ·
                  judged (0 when the judge gave no valid answer) · rationale · raw (the
                  judge's raw answer) · error (why unjudged) · attempts · seconds (latency)
@@ -68,7 +70,7 @@ events           (run FK runs, round (−1 = not tied to a round), stage, kind, 
 Versions (``PRAGMA user_version``): 0 = empty file; 1 = the tables above; 2 = indexes
 for the dashboard's per-round queries; 3 = evaluation splits and counts (``evaluations``
 rebuilt with ``split`` in its key, rows of older runs become split 'heldout' — measured on
-the pre-v3 held-out pool, whose texts could also be training texts), ``scores.judged_prompt``. ``migrate`` applies the missing steps in order,
+the pre-v3 held-out pool, whose texts could also be training texts), ``scores.judged_prompt``; 4 = ``videos.latent_path``/``latent_sha256``. ``migrate`` applies the missing steps in order,
 each in its own transaction, so opening an old database brings it up to date.
 """
 
@@ -317,7 +319,12 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
 
 
 #: ``MIGRATIONS[i]`` takes a database at version ``i`` to version ``i + 1``.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2), _script(_V3)]
+_V4 = """
+ALTER TABLE videos ADD COLUMN latent_path TEXT;
+ALTER TABLE videos ADD COLUMN latent_sha256 TEXT
+"""
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2), _script(_V3), _script(_V4)]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: The natural key of every table (what upserts match on).

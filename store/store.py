@@ -322,11 +322,14 @@ class Store(Queries):
                      path: str, sha256: str | None = None, seed: int | None = None,
                      prompt_text: str | None = None, adapter_round: int | None = None,
                      frames: int | None = None, height: int | None = None, width: int | None = None,
-                     fps: float | None = None) -> str:
+                     fps: float | None = None, latent_path: str | None = None,
+                     latent_sha256: str | None = None) -> str:
         """A video file of the round (``path`` relative to the run folder); returns its id.
 
         The round prompt ``(run, round, split, prompt_idx)`` must already be recorded.
         ``adapter_round`` is the round whose LoRA generated it (None: the base model).
+        ``latent_path``/``latent_sha256``: the file holding the clip's exact training latent, kept
+        when the video file is lossy so a resumed round trains on the same data.
         """
         _check(split, SPLITS, "split")
         _check(kind, KINDS, "video kind")
@@ -336,7 +339,8 @@ class Store(Queries):
             "round_prompt_id": round_prompt_id(run, round, split, prompt_idx), "kind": kind,
             "group_index": int(group_index), "seed": seed, "prompt_text": prompt_text, "path": _relative(path),
             "sha256": sha256, "adapter_round": adapter_round, "frames": frames, "height": height,
-            "width": width, "fps": fps,
+            "width": width, "fps": fps, "latent_path": None if latent_path is None else _relative(latent_path),
+            "latent_sha256": latent_sha256,
         }])
         return vid
 
