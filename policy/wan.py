@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from policy.base import AdapterIO, Generated, TrainingInputs
+from policy.base import AdapterIO, Generated, TrainingInputs, quiet_loading
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,9 @@ def load_pipeline(model: str, dtype: torch.dtype, vae_dtype: torch.dtype = torch
     source, local = resolve_model(model)
     offline = _hub_offline()
     try:
-        return WanPipeline.from_pretrained(source, dtype={"default": dtype, "vae": vae_dtype},
-                                           local_files_only=local or offline)
+        with quiet_loading():
+            return WanPipeline.from_pretrained(source, dtype={"default": dtype, "vae": vae_dtype},
+                                               local_files_only=local or offline)
     except OSError as exc:  # huggingface_hub's not-found / HTTP errors are OSErrors
         if local:
             raise ModelNotFound(f"cannot load a WanPipeline from {source}: {_first_line(exc)}") from exc

@@ -458,3 +458,17 @@ def test_build_script_defaults_describe_the_shipped_checkpoint():
     assert shipped["sampling"]["shift"] == build.DEFAULT_SAMPLING.shift
     assert shipped["sampling"]["steps"] == build.DEFAULT_SAMPLING.steps
     assert shipped["sampling"]["guidance"] == build.DEFAULT_SAMPLING.guidance
+
+
+def test_loading_prints_no_progress_bar_over_the_dashboard():
+    """transformers' "Loading weights" bar would print over the rich dashboard: loading is quiet, and the
+    libraries' own progress-bar setting is restored afterwards."""
+    import subprocess
+    import sys
+
+    code = ("from policy.toy import ToyGenerator; ToyGenerator.from_checkpoint().generate(['a red ball is dropped'], "
+            "[1], 1); import transformers.utils.logging as t; assert t.is_progress_bar_enabled()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Loading weights" not in res.stderr + res.stdout
