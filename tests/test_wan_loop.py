@@ -4,15 +4,13 @@ train resumes to a bit-identical adapter."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from store import Store, default_db_path, verify
+from tests.test_crash_resume import agent  # `agent run` in a subprocess, failpoint optional
 from tests.tiny_wan import TINY_TEXT_LEN, build_tiny_wan
 
 PRESET = """
@@ -63,20 +61,34 @@ def preset(tmp_path_factory) -> Path:
     return path
 
 
-def agent(runs_dir: Path, *args: str, failpoint: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("PHYLOOP_FAILPOINT", None)
-    if failpoint:
-        env["PHYLOOP_FAILPOINT"] = failpoint
-    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs_dir), *args],
-                          env=env, capture_output=True, text=True, timeout=600)
+def adapter_content(directory: Path) -> str:
+    """A digest of what an adapter holds: every tensor's bytes by name, the parsed metadata and the
+    other files. (The safetensors header's metadata map is written in hash order, which differs
+    between processes, so the file bytes alone are not comparable across runs.)"""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    for f in sorted(directory.iterdir()):
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), "pt") as st:
+                h.update(json.dumps(st.metadata(), sort_keys=True).encode())
+                for key in sorted(st.keys()):
+                    t = st.get_tensor(key)
+                    h.update(key.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+                    h.update(t.contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        else:
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
 
 
 def outcome(runs_dir: Path) -> dict:
     with Store.open(default_db_path(runs_dir)) as s:
         a = s.adapter("w", 1)
         assert a is not None and verify(runs_dir / "w" / a["path"], a["sha256"])
-        return {"adapter": a["sha256"],
+        return {"adapter": adapter_content(runs_dir / "w" / a["path"]),
                 "losses": [t["loss"] for t in s.train_steps("w", 1)],
                 "latents": sorted((v["id"], v["latent_sha256"]) for v in s.videos("w", 1, split="train"))}
 
