@@ -16,7 +16,7 @@ import numpy as np
 
 from agent.data import passes_filter
 from agent.planner import difficulty_allocation, sample_prompts
-from agent.refine import refine_prompt
+from agent.refine import refine_prompt, states_what_it_shows
 from agent.runtime import Runtime
 from agent.stages import (Clip, derive_seed, evaluate_all, generate_clips, judge_clips, make_probe, resolve_args,
                           timed, train_pool)
@@ -144,7 +144,7 @@ class Nodes:
         rt, cfg = self.rt, self.rt.config
         k = state["current"]
         prompts = rt.store.round_prompts(rt.run, k, "train")
-        if not cfg.refine.enabled or cfg.refine.max_steps == 0:
+        if not cfg.refine.enabled or (cfg.refine.max_steps == 0 and not (cfg.refine.resolve and cfg.refine.probe)):
             rt.store.record_stage_time(rt.run, k, "refine", 0.0)
             return {}
         real = {r["id"]: r.get("real_video") for r in train_pool(rt)}
@@ -180,11 +180,15 @@ class Nodes:
         other direction, another start) would pair the text with a contradicting winner. With no
         real video (winners are generated clips, judged against the original) anything goes."""
         path = real.get(p["prompt_id"])
-        if not path or self.rt.config.refine.distil:
+        if not path or self.rt.config.refine.distil or not self.rt.config.refine.resolve:
             return None
         rt = self.rt
         video = read_video(rt.runs_dir / path)
-        return lambda text: bool(rt.score_batch(rt.judge, [(text, video)])[0].accept)
+
+        def fits(text: str) -> bool:
+            return states_what_it_shows(rt.score_batch(rt.judge, [(text, video)])[0])
+
+        return fits
 
     def _history(self, p: dict, k: int) -> tuple[list[HistoryItem], str | None, float | None]:
         """The prompt's earlier rounds, oldest first: per round the text used and its worst clip.

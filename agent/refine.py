@@ -71,6 +71,21 @@ def minilm_similarity() -> Similarity:
     return sim
 
 
+def states_what_it_shows(score: Score) -> bool:
+    """Whether a (real) video's score says it fits the text it was judged against, start included.
+
+    The judge accepts a start near the named region; a training text must name the real one, so where
+    the judge reports the measured start region of the first named object (the built-in world's
+    analytic judge does), every start word the text states must equal it."""
+    if not score.accept:
+        return False
+    d = score.details if isinstance(score.details, dict) else {}
+    intent = d.get("intent") or {}
+    colours, stated = intent.get("colours") or [], intent.get("start") or []
+    seen = ((d.get("objects") or {}).get(colours[0]) or {}).get("start_region") if colours else None
+    return seen is None or all(w is None or w == m for w, m in zip(stated, seen))
+
+
 def resolve_open_details(prompt: str, candidates: Sequence[Refinement], probe: Probe, *, probes: int,
                          similarity: Similarity, admissible: Admissible | None = None,
                          first_step: int = 1) -> tuple[list[Step], HistoryItem | None, float | None]:

@@ -120,7 +120,9 @@ def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[
         for j in range(group_size):
             row = existing.get((idx, j))
             path = rt.layout.path(row["path"]) if row else None
-            if row and row["prompt_text"] == text and row["sha256"] and verify(path, row["sha256"]):
+            latent_ok = not (row and row.get("latent_path")) or verify(rt.layout.path(row["latent_path"]),
+                                                                        row["latent_sha256"])
+            if row and row["prompt_text"] == text and row["sha256"] and verify(path, row["sha256"]) and latent_ok:
                 out[n][j] = Clip(row["id"], idx, j, text, read_video(path))
             elif n not in missing:
                 missing.append(n)

@@ -262,8 +262,8 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     metadata = lora_config(model).to_dict()
-    for key in ("target_modules", "exclude_modules"):  # peft keeps these as sets: iteration order varies
-        if isinstance(metadata.get(key), (set, frozenset, list, tuple)):  # by process, so the file would too
+    for key in ("target_modules", "exclude_modules"):  # peft keeps these as sets, whose order varies by
+        if isinstance(metadata.get(key), (set, frozenset, list, tuple)):  # process: sorted, the metadata is the same
             metadata[key] = sorted(metadata[key])
     WanLoraLoaderMixin.save_lora_weights(
         directory,

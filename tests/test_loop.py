@@ -128,9 +128,20 @@ def test_resolved_training_prompts_fit_their_real_video(finished):
                                        for f in store.db.query("SELECT * FROM refinements WHERE round_prompt_id = ?",
                                                                [r["id"]]))]
     assert resolved, "no training prompt was resolved"
+    from reward.world.intent import claimed_direction, parse_prompt
+    from reward.world.physics import region_words
+    from reward.world.simulator import direction, sample_scene
+
     judge = PhysicsJudge()
     for r in resolved:
         assert judge.score(r["text"], read_video(tmp / real[r["prompt_id"]])).accept, r["text"]
+        # and it names the real scene's own direction and start region, not one the judge tolerates
+        family, seed = r["prompt_id"].split(":")[1].rsplit("-", 1)
+        scene = sample_scene(family, int(seed.split(":")[0]))
+        intent = parse_prompt(r["text"])
+        assert claimed_direction(intent) == direction(scene), r["text"]
+        horiz, vert = region_words(scene.bodies[0].x0, scene.bodies[0].y0)
+        assert all(w is None or w == m for w, m in zip(intent.start, (horiz, vert))), (r["text"], horiz, vert)
 
 
 def test_rerunning_a_finished_run_adds_nothing(finished):

@@ -82,3 +82,24 @@ def test_refine_prompt_settles_first_then_rewrites_from_the_kept_candidate():
     res = refine_prompt("ball", [], TwoWayCritic(), max_steps=0, min_change=0.0, similarity=lambda a, b: 0.0,
                         probe=probe_from(table, []))
     assert res.best == "ball" and res.steps == []
+
+
+def test_a_real_video_admits_only_the_candidates_that_name_its_own_start():
+    """The analytic judge tolerates a start near the named region; training texts must name the real one."""
+    from agent.refine import states_what_it_shows
+    from reward.world import physics as P
+    from reward.world.critic import RuleCritic
+    from reward.world.intent import parse_prompt
+    from reward.world.judge import PhysicsJudge
+    from reward.world.simulator import render, sample_scene
+
+    judge, critic, tolerated = PhysicsJudge(), RuleCritic(), 0
+    for seed in range(6):
+        scene = sample_scene("drop", seed)
+        video, real = render(scene), P.region_words(scene.bodies[0].x0, scene.bodies[0].y0)
+        for c in critic.resolutions(scene.prompts[0]):
+            s = judge.score(c.prompt, video)
+            own = parse_prompt(c.prompt).start == real
+            assert states_what_it_shows(s) == own, (c.prompt, real)
+            tolerated += bool(s.accept and not own)
+    assert tolerated > 0  # the judge alone would have admitted some

@@ -40,7 +40,7 @@ import numpy as np
 from reward.base import HistoryItem, Refinement, Score
 
 from . import physics as P
-from .intent import Intent, claimed_direction, parse_prompt
+from .intent import _POSITION, Intent, claimed_direction, parse_prompt
 from .simulator import Body, Scene, prompts_for
 
 
@@ -334,9 +334,22 @@ def _appended(prompt: str, intent: Intent, choice: Choice) -> str:
     return "; ".join([prompt.strip().rstrip(".;, "), " ".join(clause.split())])
 
 
+# position and direction words; where the prompt has one the parser does not read ("towards the left
+# wall", "near the right edge"), nothing is proposed: a choice could contradict what it says
+_PLACE_WORDS = re.compile(r"\b(?:left|right|top|bottom|middle|centre|center|edge|corner|side|upper|lower|"
+                          r"leftwards?|rightwards?|wall)\b")
+_READ_DIRECTION = re.compile(r"\bto the (?:left|right)\b|\b(?:left|right)wards?\b|\bup and to the\b")
+
+
+def _unread_place_words(prompt: str) -> bool:
+    text = " ".join(prompt.lower().split())
+    rest = _READ_DIRECTION.sub(" ", _POSITION.sub(" ", text))
+    return bool(_PLACE_WORDS.search(rest))
+
+
 def _resolutions(critic: "RuleCritic", prompt: str) -> list[Refinement]:
     intent = parse_prompt(prompt)
-    if intent.family is None:
+    if intent.family is None or _unread_place_words(prompt):
         return []
     out: list[Refinement] = []
     texts: set[str] = set()
