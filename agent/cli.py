@@ -140,6 +140,12 @@ def _check_backends(cfg) -> None:
     if cfg.generate.backend == "toy" and cfg.generate.toy.checkpoint:
         if not Path(cfg.generate.toy.checkpoint).is_file():
             fail(f"generate.toy.checkpoint {cfg.generate.toy.checkpoint!r} does not exist")
+    if cfg.refine.enabled and cfg.refine.critic == "trained":
+        from agent.trained_refiner import DEFAULT_REFINER, is_refiner_dir
+
+        path = Path(cfg.refine.refiner or DEFAULT_REFINER)
+        if not is_refiner_dir(path):
+            fail(f"refine.refiner {str(path)!r} holds no trained refiner (build one with scripts/build_refiner.py)")
     if cfg.generate.backend == "wan":
         from policy.wan import ModelNotFound, resolve_model
 

@@ -88,7 +88,11 @@ class PlanConfig(_Model):
 
 class RefineConfig(_Model):
     enabled: bool = True
-    critic: Literal["rules", "vlm"] = "rules"
+    critic: Literal["rules", "vlm", "trained"] = Field(
+        "rules", description="'rules': the built-in world's rule critic; 'vlm': the VLM of [judge.vlm]; 'trained': "
+        "the trained refiner (PhyPrompt: a causal LM after SFT and GRPO, scripts/build_refiner.py)")
+    refiner: str | None = Field(None, description="trained refiner directory (critic = 'trained'; default: the shipped "
+                                "one, policy/checkpoints/refiner)")
     max_steps: int = Field(2, ge=0, description="critic rewrites per prompt per round")
     min_change: float = Field(0.02, ge=0, le=1, description="stop when 1 − cosine(similarity) of a rewrite is below")
     distil: bool = Field(False, description="train on the original prompt while generating with the refined one")

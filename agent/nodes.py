@@ -157,8 +157,8 @@ class Nodes:
                 probe = make_probe(rt, k, p["idx"], original=p["original"]) if cfg.refine.probe else None
                 res = refine_prompt(start, history, rt.critic, max_steps=cfg.refine.max_steps,
                                     min_change=cfg.refine.min_change, similarity=rt.similarity, probe=probe,
-                                    baseline=bar, **resolve_args(rt, k, p["idx"], p["original"],
-                                                                 admissible=self._fits_real(p, real)))
+                                    baseline=bar, admissible=self._fits_real(p, real),
+                                    **resolve_args(rt, k, p["idx"], p["original"]))
                 with rt.store.transaction():
                     for s in res.steps:
                         rt.store.record_refinement(p["id"], s.step, before=s.before, after=s.after,
@@ -175,12 +175,13 @@ class Nodes:
         return {}
 
     def _fits_real(self, p: dict, real: dict):
-        """Admissibility of a resolution in training: the group's winner is the prompt's real video,
-        trained as a sample of the refined text, so a candidate the real video does not fit (the
-        other direction, another start) would pair the text with a contradicting winner. With no
-        real video (winners are generated clips, judged against the original) anything goes."""
+        """Admissibility of a refined training text (a resolution or a rewrite): the group's winner
+        is the prompt's real video, trained as a sample of the refined text, so a text the real video
+        does not fit (the other direction, another start: a trained refiner's rewrite may choose one)
+        would pair it with a contradicting winner. With no real video (winners are generated clips,
+        judged against the original) or ``refine.distil`` (training uses the original) anything goes."""
         path = real.get(p["prompt_id"])
-        if not path or self.rt.config.refine.distil or not self.rt.config.refine.resolve:
+        if not path or self.rt.config.refine.distil:
             return None
         rt = self.rt
         video = read_video(rt.runs_dir / path)

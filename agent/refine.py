@@ -145,7 +145,8 @@ def refine_prompt(prompt: str, history: Sequence[HistoryItem], critic, *, max_st
     ``baseline`` is the score ``prompt`` is known to reach (e.g. its last group's mean);
     without it, the last history item's score, or a probe of ``prompt`` itself, sets the bar.
     With ``resolve_probe`` (its own noise stream) and a critic that has ``resolutions``, open
-    details are settled first (:func:`resolve_open_details`); ``admissible`` filters the candidates.
+    details are settled first (:func:`resolve_open_details`); ``admissible`` filters the candidates
+    and the rewrites (a rewrite it rejects ends the loop, unused).
     """
     history = list(history)
     current = prompt
@@ -175,6 +176,9 @@ def refine_prompt(prompt: str, history: Sequence[HistoryItem], critic, *, max_st
         result.steps.append(step)
         if after == current or 1.0 - sim < min_change:
             step.stop = "converged: the rewrite barely changes the prompt"
+            break
+        if admissible is not None and not admissible(after):
+            step.stop = "not admissible: the round's real video does not fit it"
             break
         if probe is None:
             step.accepted = True

@@ -109,6 +109,15 @@ class Runtime:
             from reward.world.critic import RuleCritic
 
             return RuleCritic()
+        if self.config.refine.critic == "trained":
+            from agent.trained_refiner import DEFAULT_REFINER, TrainedCritic, is_refiner_dir, keeps_every_word, world_guard
+            from policy.refiner import TrainedRefiner
+
+            path = Path(self.config.refine.refiner or DEFAULT_REFINER)
+            if not is_refiner_dir(path):
+                raise ValueError(f"refine.refiner: {path} holds no trained refiner (build one: scripts/build_refiner.py)")
+            guard = world_guard if self.config.data.source == "world" else keeps_every_word
+            return TrainedCritic(TrainedRefiner.from_pretrained(path), guard)
         from reward.vlm.critic import VLMCritic
 
         vlm = self.config.judge.vlm

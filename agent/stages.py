@@ -328,13 +328,13 @@ def summarise(clips: list[Clip], scores: dict[str, Score], category_of: dict[int
     return out
 
 
-def resolve_args(rt: Runtime, k: int, idx: int, original: str, admissible=None) -> dict:
+def resolve_args(rt: Runtime, k: int, idx: int, original: str) -> dict:
     """``refine_prompt``'s resolution arguments under the run's config (none when it is off)."""
     r = rt.config.refine
     if not (r.resolve and r.probe):
         return {}
     return {"resolve_probe": make_probe(rt, k, idx, original=original, stream="resolve"),
-            "resolve_probes": r.resolve_probes, "admissible": admissible}
+            "resolve_probes": r.resolve_probes}
 
 
 def make_probe(rt: Runtime, k: int, idx: int, *, original: str | None = None, stream: str = "probe"):

@@ -10,7 +10,10 @@ by the rule critic, and every clip is judged by both judges against the prompt *
 - ``resolve``: the critic first settles what the prompt leaves open (direction, start region),
   probing each candidate with ``--probes`` clips and keeping the best; then its rewrite
   (``refine.resolve = true``, the default);
-- ``resolve only``: the settling step without the rewrite (``refine.max_steps = 0``).
+- ``resolve only``: the settling step without the rewrite (``refine.max_steps = 0``);
+- ``trained``: the trained refiner (``refine.critic = "trained"``, PhyPrompt's SFT + GRPO,
+  ``scripts/build_refiner.py``): one greedy rewrite per prompt through its guard, no probe clip;
+- ``trained sft``: its stage 1 alone (``<refiner>_sft``).
 
 Probes use their own noise seeds (never an evaluation clip's) and the training judge (the analytic
 one), as in the loop. Reports joint success per row and level with Wilson 95 % CIs and the paired
@@ -38,6 +41,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 ROWS = {"cues": {"resolve": False, "max_steps": 1}, "resolve": {"resolve": True, "max_steps": 1},
         "resolve only": {"resolve": True, "max_steps": 0}}
+#: the trained refiner (PhyPrompt): one greedy rewrite per prompt, no probe clip; its SFT stage alone
+TRAINED = {"trained": "", "trained sft": "_sft"}
+
+
+def trained_texts(held, refiner_dir: Path, suffix: str) -> tuple[list[str], list[dict]]:
+    from agent.trained_refiner import TrainedCritic
+    from policy.refiner import TrainedRefiner
+
+    path = refiner_dir.with_name(refiner_dir.name + suffix)
+    refs = TrainedCritic(TrainedRefiner.from_pretrained(path)).rewrite_many(held.prompts)
+    return [r.prompt for r in refs], [{"prompt": p, "refined": r.prompt, "critique": r.critique}
+                                      for p, r in zip(held.prompts, refs)]
 
 
 def refined_texts(held, gen, judge, *, resolve: bool, max_steps: int, probes: int) -> tuple[list[str], list[dict]]:
@@ -65,7 +80,9 @@ def main(argv=None):
     ap.add_argument("--probes", type=int, default=4, help="probe clips per candidate resolution (refine.resolve_probes)")
     ap.add_argument("--heldout", type=int, default=16, help="held-out scenes per family")
     ap.add_argument("--clips", type=int, default=4)
-    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    ap.add_argument("--rows", nargs="+", choices=list(ROWS) + list(TRAINED), default=list(ROWS) + list(TRAINED))
+    ap.add_argument("--refiner", type=Path, default=None, help="trained refiner directory for the 'trained' rows "
+                    "(its SFT stage: <dir>_sft; default: the shipped one)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "refine_table.json")
     args = ap.parse_args(argv)
@@ -94,7 +111,12 @@ def main(argv=None):
            "as_written": {j: float(v.mean()) for j, v in written.items()}, "rows": {}}
     for row in args.rows:
         t = time.perf_counter()
-        texts, log = refined_texts(held, gen, held.judges["physics"], probes=args.probes, **ROWS[row])
+        if row in TRAINED:
+            from agent.trained_refiner import DEFAULT_REFINER
+
+            texts, log = trained_texts(held, args.refiner or DEFAULT_REFINER, TRAINED[row])
+        else:
+            texts, log = refined_texts(held, gen, held.judges["physics"], probes=args.probes, **ROWS[row])
         t_refine = time.perf_counter() - t
         after = held.judge(gen, texts)
         entry = {"refine_seconds": t_refine, "changed": sum(r["refined"] != r["prompt"] for r in log),

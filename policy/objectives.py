@@ -278,3 +278,19 @@ def sft(policy_w: Tensor) -> tuple[Tensor, Diagnostics]:
     """Plain flow matching on the winners: ``E[ℓθ^w]``. No reference, no losers."""
     loss = policy_w.mean()
     return loss, {"margin": None, "accuracy": None, "alpha_mean": None, "gamma_mean": None}
+
+
+# ------------------------------------------------------------------ PhyPrompt: the refiner's reward
+def curriculum_weights(progress: float, start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    """PhyPrompt's dynamic reward curriculum (``papers/phyprompt.txt``): the weights (w_sa, w_pc)
+    of semantic adherence and physical commonsense, moved linearly from ``start`` to ``end`` as
+    training ``progress`` goes from 0 to 1 (clamped): semantic fidelity first, physics progressively."""
+    p = min(1.0, max(0.0, float(progress)))
+    return (start[0] + p * (end[0] - start[0]), start[1] + p * (end[1] - start[1]))
+
+
+def refiner_reward(sa: Tensor, pc: Tensor, valid: Tensor, *, w_sa: float, w_pc: float, w_format: float) -> Tensor:
+    """A rewrite's GRPO reward: ``valid·(w_sa·sa + w_pc·pc + w_format)``, where ``sa`` and ``pc``
+    score the clip rendered from the rewrite against the prompt *as written* and ``valid`` (0/1) says
+    the completion has an answer that does not contradict the prompt (an invalid one earns 0)."""
+    return valid * (w_sa * sa + w_pc * pc + w_format)

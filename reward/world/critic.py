@@ -338,11 +338,13 @@ def _appended(prompt: str, intent: Intent, choice: Choice) -> str:
 # wall", "near the right edge"), nothing is proposed: a choice could contradict what it says
 _PLACE_WORDS = re.compile(r"\b(?:left|right|top|bottom|middle|centre|center|edge|corner|side|upper|lower|"
                           r"leftwards?|rightwards?|wall)\b")
-_READ_DIRECTION = re.compile(r"\bto the (?:left|right)\b|\b(?:left|right)wards?\b|\bup and to the\b")
+_READ_DIRECTION = re.compile(r"\b(?:up and )?to the (?:left|right)\b|\b(?:left|right)wards?\b|\bup and to the\b")
 
 
 def _unread_place_words(prompt: str) -> bool:
     text = " ".join(prompt.lower().split())
+    text = re.sub(r"\b(left|right) side\b", r"\1", text)  # the world's "from the left side"
+    text = re.sub(r"\blower than\b", " ", text)  # "bounces back up lower than it started": not a place
     rest = _READ_DIRECTION.sub(" ", _POSITION.sub(" ", text))
     return bool(_PLACE_WORDS.search(rest))
 
@@ -373,3 +375,24 @@ def _resolutions(critic: "RuleCritic", prompt: str) -> list[Refinement]:
         out.append(Refinement(text, f"{intent.family}: resolves what the prompt leaves open: "
                                     f"{choice.label(intent.family)}"))
     return out
+
+
+def contradiction(original: str, rewrite: str | None, max_tokens: int = 60) -> str | None:
+    """Why ``rewrite`` may not replace the world prompt ``original`` (None: it may).
+
+    The guard every learnt rewrite passes (the trained refiner's, whatever its model wrote): the
+    rewrite names a scenario of the world, asks for everything the original does and contradicts
+    none of it (:func:`entails`), has no place word the parser cannot read (it could say what
+    ``entails`` cannot check) and fits the text encoder (``max_tokens``)."""
+    if rewrite is None or not rewrite.strip():
+        return "no rewrite"
+    intent = parse_prompt(original)
+    if intent.family is None:
+        return "the prompt names no scenario of the world"
+    if _unread_place_words(original) or _unread_place_words(rewrite):
+        return "place words the parser cannot read"
+    if count_tokens(rewrite) > max_tokens:
+        return f"longer than {max_tokens} tokens"
+    if not entails(parse_prompt(rewrite), intent):
+        return "contradicts or drops what the prompt says"
+    return None
