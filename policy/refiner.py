@@ -30,7 +30,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -274,7 +274,6 @@ class GRPOSettings:
     w_format: float = 0.1
     seed: int = 0
     use_cpu: bool = True
-    log: list[dict] = field(default_factory=list)
 
 
 def grpo(refiner: TrainedRefiner, prompts: Sequence[str], score: Score, settings: GRPOSettings,
