@@ -256,7 +256,10 @@ def sft(refiner: TrainedRefiner, prompts: Sequence[str], thoughts: Sequence[str]
         trainer = SFTTrainer(model=refiner.model, args=args, train_dataset=Dataset.from_dict(rows),
                              processing_class=refiner.tokenizer)
         _quiet(trainer)
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            _release_accelerator()
         refiner.model = trainer.model
         return [h for h in trainer.state.log_history if "loss" in h]
 
@@ -332,7 +335,10 @@ def grpo(refiner: TrainedRefiner, prompts: Sequence[str], score: Score, settings
                               train_dataset=Dataset.from_dict(rows), processing_class=refiner.tokenizer,
                               callbacks=[Record()])
         _quiet(trainer)
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            _release_accelerator()
         refiner.model = trainer.model
     return history
 
@@ -343,6 +349,15 @@ def _quiet(trainer) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+
+
+def _release_accelerator() -> None:
+    """Forget the process-wide accelerate state trl's Trainer set up, so the generator's own
+    ``Accelerator`` (``policy.trainer``) can be created afterwards in the same process."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
 
 
 def _rmtree(path: Path) -> None:

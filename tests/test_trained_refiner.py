@@ -111,7 +111,7 @@ def test_grpo_raises_a_reward_the_sft_model_can_reach():
     rows = grpo(ref, prompts, lambda o, rs, step: [(float("to the left" in (r or "")), 0.0, True) for r in rs],
                 GRPOSettings(steps=12, prompts_per_step=5, group=8, lr=1e-3, beta=0.0, seed=0))
     assert rows[-1]["reward"] > rows[0]["reward"]
-    assert left_share() > before + 0.2
+    assert left_share() > before + 0.1
 
 
 def test_lora_refiner_saves_an_adapter_and_loads_back(tmp_path, tiny):
