@@ -255,12 +255,7 @@ def sft(refiner: TrainedRefiner, prompts: Sequence[str], thoughts: Sequence[str]
                          disable_tqdm=True, dataloader_num_workers=0)
         trainer = SFTTrainer(model=refiner.model, args=args, train_dataset=Dataset.from_dict(rows),
                              processing_class=refiner.tokenizer)
-        _quiet(trainer)
-        try:
-            trainer.train()
-        finally:
-            _release_accelerator()
-        refiner.model = trainer.model
+        refiner.model = _train(trainer)
         return [h for h in trainer.state.log_history if "loss" in h]
 
 
@@ -334,13 +329,18 @@ def grpo(refiner: TrainedRefiner, prompts: Sequence[str], score: Score, settings
         trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args,
                               train_dataset=Dataset.from_dict(rows), processing_class=refiner.tokenizer,
                               callbacks=[Record()])
-        _quiet(trainer)
-        try:
-            trainer.train()
-        finally:
-            _release_accelerator()
-        refiner.model = trainer.model
+        refiner.model = _train(trainer)
     return history
+
+
+def _train(trainer):
+    """Run a trl trainer quietly and release the accelerate state it set up; returns its model."""
+    _quiet(trainer)
+    try:
+        trainer.train()
+    finally:
+        _release_accelerator()
+    return trainer.model
 
 
 def _quiet(trainer) -> None:
