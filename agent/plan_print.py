@@ -7,6 +7,7 @@ import shlex
 from rich.console import Console
 
 from agent.config import RunConfig
+from policy.objectives import NEEDS_REFERENCE
 
 _TARGETS = {"self-attention": "self-attention q/k/v/o", "attention+ffn": "self-attention q/k/v/o + FFN",
             "all-linear": "self- and cross-attention q/k/v/o + FFN"}
@@ -56,7 +57,7 @@ def print_plan(cfg: RunConfig, preset: str, console: Console | None = None) -> N
                             gen_batch=w.batch_size,
                             train_samples=train_samples_per_step(t.objective, t.groups_per_step // cfg.processes,
                                                                  g.group_size),
-                            reference=t.objective not in ("sft", "rwr"), lora_rank=t.lora_rank,
+                            reference=t.objective in NEEDS_REFERENCE, lora_rank=t.lora_rank,
                             lora_targets=t.lora_targets,
                             gradient_checkpointing=t.gradient_checkpointing,
                             text_encoder_offload=w.text_encoder_offload, vae_tiling=w.vae_tiling,

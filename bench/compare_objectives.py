@@ -4,6 +4,7 @@ Variants (all on the default preset unless overridden):
   base            the base model, no training, no refinement (round 0 of every run)
   refine-only     the base model with prompt refinement at inference (round 0, refined prompts)
   sft / rwr / flow-dpo / phygdpo / gdpo-full    the objectives of policy/objectives.py
+  diffusion-nft   the peer baseline DiffusionNFT (v_old = the round-start policy), same samples per step
   phygdpo-no-pgr  PhyGDPO with α = γ = 1 (no physics-guided rewarding)
   phygdpo-full-copy   PhyGDPO with a full-copy reference instead of LoRA-SR
   phygdpo-distil  generate with refined prompts, train on the original prompts
@@ -49,6 +50,7 @@ TRAINED = {
     "flow-dpo": ["train.objective='flow-dpo'"],
     "phygdpo": ["train.objective='phygdpo'"],
     "gdpo-full": ["train.objective='gdpo-full'"],
+    "diffusion-nft": ["train.objective='diffusion-nft'", "train.reference='round-start'"],
     "phygdpo-no-pgr": ["train.objective='phygdpo'", "train.use_pgr=false"],
     "phygdpo-full-copy": ["train.objective='phygdpo'", "train.reference='full-copy'"],
     "phygdpo-distil": ["train.objective='phygdpo'", "refine.distil=true"],
@@ -269,11 +271,11 @@ def paired_table(pairs: dict) -> str:
     return "\n".join(lines)
 
 
-OBJECTIVES = ("sft", "rwr", "flow-dpo", "phygdpo", "gdpo-full")
+OBJECTIVES = ("sft", "rwr", "flow-dpo", "phygdpo", "gdpo-full", "diffusion-nft")
 ABLATIONS = ("phygdpo", "phygdpo-no-pgr", "phygdpo-full-copy", "phygdpo-distil")
 COLOURS = {"sft": "tab:blue", "rwr": "tab:orange", "flow-dpo": "tab:green", "phygdpo": "tab:red",
            "gdpo-full": "tab:purple", "phygdpo-no-pgr": "tab:olive", "phygdpo-full-copy": "black",
-           "phygdpo-distil": "tab:cyan"}
+           "phygdpo-distil": "tab:cyan", "diffusion-nft": "tab:pink"}
 
 
 def plot(summary: dict, rounds: int, path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Every training objective of phyloop, as pure functions of per-sample flow-matching errors.
+"""Every training objective of phyloop, as pure functions of per-sample flow-matching errors
+(or, for DiffusionNFT, of the velocities themselves).
 
 This module is the one place where the paper's equations live (PhyGDPO, `papers/phygdpo.txt`
-Sec. 2.2; RWR from `papers/ai-feedback-rl-finetuning.txt` Eq. 6). Nothing here touches a model:
-the trainer computes errors, these functions turn them into a loss and diagnostics.
+Sec. 2.2; RWR from `papers/ai-feedback-rl-finetuning.txt` Eq. 6; the peer baseline DiffusionNFT,
+arXiv 2509.16117). Nothing here touches a model: the trainer computes errors (velocities), these
+functions turn them into a loss and diagnostics.
 
 Notation (rectified flow, Eq. 10–12)
     x_t = (1 − t)·x0 + t·x1,  x1 ~ N(0, I),  target velocity u = x1 − x0
@@ -43,10 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Objective = Literal["phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft"]
-OBJECTIVES: tuple[str, ...] = ("phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft")
-#: objectives that compare against the reference ψ (and so need the LoRA-off pass)
-NEEDS_REFERENCE: frozenset[str] = frozenset({"phygdpo", "gdpo-full", "flow-dpo"})
+Objective = Literal["phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft", "diffusion-nft"]
+OBJECTIVES: tuple[str, ...] = ("phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft", "diffusion-nft")
+#: objectives that compare against the reference ψ (and so need the LoRA-off pass); for
+#: diffusion-nft ψ is the old policy v_old, the policy that sampled the round
+NEEDS_REFERENCE: frozenset[str] = frozenset({"phygdpo", "gdpo-full", "flow-dpo", "diffusion-nft"})
 
 DEFAULT_BETA = 2.5
 DEFAULT_T = 1000.0
@@ -278,6 +281,74 @@ def sft(policy_w: Tensor) -> tuple[Tensor, Diagnostics]:
     """Plain flow matching on the winners: ``E[ℓθ^w]``. No reference, no losers."""
     loss = policy_w.mean()
     return loss, {"margin": None, "accuracy": None, "alpha_mean": None, "gamma_mean": None}
+
+
+# ------------------------------------------------------------------ DiffusionNFT (a peer baseline)
+def optimality_probability(reward: Tensor, *, adv_clip: float = 5.0, eps: float = 1e-6) -> Tensor:
+    """DiffusionNFT's r ∈ [0, 1] for the samples of ONE group (Zheng et al., 2025, arXiv 2509.16117).
+
+    The group-relative advantage ``A = (R − mean R) / max(std R, eps)`` (population std over the
+    group), clipped to ``±adv_clip`` and mapped linearly onto [0, 1]: ``r = ½ + ½·clip(A, ±c)/c``.
+    A group whose rewards are all equal gives r = ½ everywhere (no signal), as it should.
+    """
+    if adv_clip <= 0:
+        raise ValueError(f"adv_clip must be positive, got {adv_clip}")
+    reward = torch.as_tensor(reward, dtype=torch.float32)
+    std = reward.std(unbiased=False) if reward.numel() > 1 else reward.new_zeros(())
+    adv = (reward - reward.mean()) / std.clamp(min=eps)
+    return 0.5 + 0.5 * adv.clamp(-adv_clip, adv_clip) / adv_clip
+
+
+def _nft_error(v: Tensor, target: Tensor, t: Tensor, adaptive: bool) -> Tensor:
+    """Per-sample error of an implicit policy: the velocity MSE, or (``adaptive``) DiffusionNFT's
+    self-normalised clean-clip error ``‖x̂0 − x0‖² / sg(mean|x̂0 − x0|)`` with ``x̂0 − x0 = −t·(v − u)``."""
+    diff = (v.float() - target.float()).flatten(1)
+    if not adaptive:
+        return diff.pow(2).mean(dim=1)
+    tt = t.to(diff).view(-1, 1)
+    x0_err = tt * diff
+    scale = x0_err.detach().abs().mean(dim=1).clamp(min=1e-5)
+    return x0_err.pow(2).mean(dim=1) / scale
+
+
+def diffusion_nft(
+    v_theta: Tensor,
+    v_old: Tensor,
+    target: Tensor,
+    t: Tensor,
+    r: Tensor,
+    *,
+    beta: float = 1.0,
+    adv_clip: float = 5.0,
+    adaptive: bool = True,
+) -> tuple[Tensor, Diagnostics]:
+    """DiffusionNFT: negative-aware fine-tuning on the forward process.
+
+    With the trained velocity ``v_θ`` and the frozen old policy's ``v_old`` at the same noised
+    clip x_t (target velocity ``u = x1 − x0``), the implicit positive and negative policies are
+
+        v⁺ = (1 − β)·v_old + β·v_θ,        v⁻ = (1 + β)·v_old − β·v_θ,
+
+    and the loss is ``(c/β)·E[ r·e(v⁺) + (1 − r)·e(v⁻) ]`` with ``e`` the per-sample error of
+    :func:`_nft_error` and ``r`` the optimality probability (:func:`optimality_probability`; 1 for a
+    real video). A good sample (r → 1) pulls v⁺ towards it, a bad one (r → 0) pulls v⁻ towards it,
+    i.e. pushes v_θ away from it (v⁻ is v_θ mirrored about v_old). At r = ½ the two gradients
+    cancel where v_θ = v_old and otherwise pull v_θ back to v_old: an implicit trust region. The factor c/β (c = ``adv_clip``) undoes the 1/c
+    of r's mapping and the β of the parameterisation, so the gradient's scale does not depend on them.
+    No likelihood, no sampler trajectory: only clean clips, any sampler.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    v_old = v_old.detach().float()
+    v_theta = v_theta.float()
+    r = r.to(v_theta)
+    pos = _nft_error((1.0 - beta) * v_old + beta * v_theta, target, t, adaptive)
+    neg = _nft_error((1.0 + beta) * v_old - beta * v_theta, target, t, adaptive)
+    loss = adv_clip / beta * (r * pos + (1.0 - r) * neg).mean()
+    diag: Diagnostics = {"margin": None, "accuracy": None, "alpha_mean": None, "gamma_mean": None,
+                         "r_mean": r.detach().mean(), "positive_error": pos.detach().mean(),
+                         "negative_error": neg.detach().mean()}
+    return loss, diag
 
 
 # ------------------------------------------------------------------ PhyPrompt: the refiner's reward

@@ -6,6 +6,9 @@ comparison is made at the same point of the same flow). One batched forward of t
 (no grad; ψ is the LoRA-off base, or the round-start adapter) and one of the policy (LoRA on) give the per-sample errors, and
 :mod:`policy.objectives` turns them into the loss. For ``gdpo-full`` all m losers enter the
 step (Eq. 6), i.e. m + 1 samples per group instead of 2 — the cost PhyGDPO's bound removes.
+The peer baseline ``diffusion-nft`` draws the same two samples per group (the real video at
+r = 1 and one generated clip at its within-group optimality probability) and compares the
+velocities of the policy and of ψ = the round-start policy (its v_old) instead of their errors.
 
 Optimisation (paper defaults): AdamW (0.9, 0.999, wd 0.01) on the LoRA parameters only, lr
 1e-5 with linear warm-up then cosine decay to 1e-6, gradient clipping, bf16 autocast on CUDA
@@ -99,6 +102,12 @@ class TrainConfig(BaseModel):
     rwr_weighting: obj.RwrWeighting = "linear"
     rwr_tau: float = Field(1.0, gt=0.0)
     rwr_threshold: float = 0.5
+    # diffusion-nft (objectives.diffusion_nft): β of the implicit policies, the advantage clip c of r,
+    # DiffusionNFT's self-normalised clean-clip error, and whether the real video enters at r = 1
+    nft_beta: float = Field(1.0, gt=0.0)
+    nft_adv_clip: float = Field(5.0, gt=0.0)
+    nft_adaptive: bool = True
+    nft_real: bool = True
 
     lr: float = Field(1e-5, gt=0.0)
     lr_min: float = Field(1e-6, ge=0.0)
@@ -150,6 +159,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"AdamW betas must be in [0, 1), got {self.betas}")
+        if self.objective == "diffusion-nft" and self.reference != "round-start":
+            raise ValueError("train.objective = 'diffusion-nft' needs train.reference = 'round-start': its v_old "
+                             f"is the policy that sampled the round, not {self.reference!r}")
         if self.fsdp and self.reference == "full-copy":
             raise ValueError("reference = 'full-copy' cannot be sharded with fsdp; use 'lora-switch'")
         return self
@@ -211,6 +223,7 @@ class _Batch:
     noise: Tensor
     owner: Tensor
     slot: Tensor
+    r: Tensor | None = None  # diffusion-nft: each drawn loser's optimality probability within its group
 
 
 class _GroupStream:
@@ -385,6 +398,11 @@ class Trainer:
             sa = torch.stack([g.loser_sa[j].float() for g, j in zip(chosen, js)])
             pc = torch.stack([g.loser_pc[j].float() for g, j in zip(chosen, js)])
             owner = slot = torch.arange(B)
+        r = None
+        if self.config.objective == "diffusion-nft":  # r of the drawn loser among ALL of its group's clips
+            r = torch.stack([obj.optimality_probability((g.loser_sa + g.loser_pc).float() / 2.0,
+                                                        adv_clip=self.config.nft_adv_clip)[j]
+                             for g, j in zip(chosen, js)]).to(self.device)
         winners = torch.stack([g.winner for g in chosen])
         dev = self.device
         return _Batch(
@@ -392,20 +410,23 @@ class Trainer:
             winners=winners.to(dev, torch.float32, non_blocking=True),
             losers=losers.to(dev, torch.float32, non_blocking=True),
             sa=sa.to(dev), pc=pc.to(dev), m=torch.tensor(ms, dtype=torch.float32, device=dev),
-            t=t.to(dev), noise=noise.to(dev, non_blocking=True), owner=owner.to(dev), slot=slot.to(dev))
+            t=t.to(dev), noise=noise.to(dev, non_blocking=True), owner=owner.to(dev), slot=slot.to(dev), r=r)
 
     # ------------------------------------------------------------------ forward
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
-    def _errors(self, net: Callable[..., Tensor], x0: Tensor, x1: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        """Per-sample flow-matching error of ``net`` at x_t = (1 − t)·x0 + t·x1."""
+    def _velocity(self, net: Callable[..., Tensor], x0: Tensor, x1: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """``net``'s velocity at x_t = (1 − t)·x0 + t·x1."""
         tb = t.view(-1, *([1] * (x0.dim() - 1)))
         x_t = (1.0 - tb) * x0 + tb * x1
         dtype = self.transformer.dtype
         with self._autocast():
-            v = net(hidden_states=x_t.to(dtype), timestep=t * 1000.0, encoder_hidden_states=text.to(dtype))
-        err = obj.flow_matching_error(v, x0, x1)
+            return net(hidden_states=x_t.to(dtype), timestep=t * 1000.0, encoder_hidden_states=text.to(dtype))
+
+    def _errors(self, net: Callable[..., Tensor], x0: Tensor, x1: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """Per-sample flow-matching error of ``net`` at x_t = (1 − t)·x0 + t·x1."""
+        err = obj.flow_matching_error(self._velocity(net, x0, x1, t, text), x0, x1)
         return obj.clean_clip_error(err, t) if self.config.error_space == "x0" else err
 
     def _policy(self, **kw) -> Tensor:
@@ -418,6 +439,8 @@ class Trainer:
         # winners first, then their loser(s); each loser shares its group's noise, t and text
         idx = torch.cat([torch.arange(B, device=self.device), b.owner])
         x0, x1, t, text = torch.cat([b.winners, b.losers]), b.noise[idx], b.t[idx], b.text[idx]
+        if cfg.objective == "diffusion-nft":
+            return self._nft(b)
         if cfg.objective == "rwr":  # winners have reward 1, losers the judge's (sa + pc)/2
             reward = torch.cat([torch.ones(B, device=self.device), (b.sa + b.pc) / 2.0])
             return obj.rwr(self._errors(self._policy, x0, x1, t, text), reward,
@@ -426,6 +449,21 @@ class Trainer:
         pol = self._errors(self._policy, x0, x1, t, text)
         loss, diag = self._preference(b, pol[:B], pol[B:], ref[:B], ref[B:])
         return obj.winner_anchored(loss, pol[:B], cfg.winner_weight), diag
+
+    def _nft(self, b: _Batch) -> tuple[Tensor, obj.Diagnostics]:
+        """DiffusionNFT on the drawn generated clips (r within their group) and, with ``nft_real``, the
+        winners at r = 1; v_old is ψ, the round-start policy. Same samples per step as phygdpo."""
+        cfg, B = self.config, b.winners.shape[0]
+        if cfg.nft_real:
+            idx = torch.cat([torch.arange(B, device=self.device), b.owner])
+            x0, r = torch.cat([b.winners, b.losers]), torch.cat([torch.ones(B, device=self.device), b.r])
+        else:
+            idx, x0, r = b.owner, b.losers, b.r
+        x1, t, text = b.noise[idx], b.t[idx], b.text[idx]
+        v_old = self._velocity(self.reference, x0, x1, t, text)
+        v_theta = self._velocity(self._policy, x0, x1, t, text)
+        return obj.diffusion_nft(v_theta, v_old, x1 - x0, t, r, beta=cfg.nft_beta, adv_clip=cfg.nft_adv_clip,
+                                 adaptive=cfg.nft_adaptive)
 
     def _preference(self, b: _Batch, pw: Tensor, pl: Tensor, rw: Tensor, rl: Tensor) -> tuple[Tensor, obj.Diagnostics]:
         """The DPO-type objective on the winners' / losers' errors under the policy and under ψ."""

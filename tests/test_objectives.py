@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.objectives import (flow_dpo, flow_matching_error, gdpo_full, pgr_weights, phygdpo, rwr,
-                               rwr_weights, sft)
+from policy.objectives import (diffusion_nft, flow_dpo, flow_matching_error, gdpo_full, optimality_probability,
+                               pgr_weights, phygdpo, rwr, rwr_weights, sft)
 
 f64 = lambda *x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
 
@@ -190,3 +190,62 @@ def test_clean_clip_error_is_t_squared_times_the_velocity_error():
     direct = (x0_hat - x0).pow(2).flatten(1).mean(1)
     torch.testing.assert_close(clean_clip_error(ell, t), direct)
     assert clean_clip_error(ell, t).tolist() == pytest.approx([0.04, 1.0, 4.0])
+
+
+# ------------------------------------------------------------------ DiffusionNFT
+def test_optimality_probability_by_hand():
+    # rewards (0, 1): mean ½, population std ½ → A = (−1, 1); c = 5 → r = ½ ± ½·(1/5) = (0.4, 0.6)
+    assert torch.allclose(optimality_probability(f64(0.0, 1.0), adv_clip=5.0), torch.tensor([0.4, 0.6]))
+    assert torch.allclose(optimality_probability(f64(0.0, 1.0), adv_clip=1.0), torch.tensor([0.0, 1.0]))
+    # (0, 0, 0, 1): mean ¼, std √0.1875 = 0.4330127 → A = (−0.5773503, …, 1.7320508); c = 1 clips the 1.73
+    r = optimality_probability(f64(0.0, 0.0, 0.0, 1.0), adv_clip=1.0)
+    assert torch.allclose(r, torch.tensor([0.2113249, 0.2113249, 0.2113249, 1.0]), atol=1e-6)
+    # equal rewards and a lone sample carry no signal
+    assert torch.equal(optimality_probability(f64(0.7, 0.7, 0.7)), torch.full((3,), 0.5))
+    assert torch.equal(optimality_probability(f64(0.3)), torch.tensor([0.5]))
+    with pytest.raises(ValueError):
+        optimality_probability(f64(0.0, 1.0), adv_clip=0.0)
+
+
+def one(x: float) -> torch.Tensor:
+    return torch.full((1, 1), x, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("beta, c, r, expected", [
+    # β = 1: v⁺ = v_θ = 1, v⁻ = 2·v_old − v_θ = −1; u = 0.5 → e⁺ = 0.25, e⁻ = 2.25
+    (1.0, 1.0, 1.0, 0.25),
+    (1.0, 1.0, 0.0, 2.25),
+    (1.0, 1.0, 0.5, 1.25),
+    # β = ½: v⁺ = ½·0 + ½·1 = 0.5 → e⁺ = 0;  v⁻ = 1.5·0 − 0.5 = −0.5 → e⁻ = 1;  (c/β)·(0.3·0 + 0.7·1) = 2.8
+    (0.5, 2.0, 0.3, 2.8),
+])
+def test_diffusion_nft_by_hand(beta, c, r, expected):
+    loss, diag = diffusion_nft(one(1.0), one(0.0), one(0.5), f64(0.5), f64(r), beta=beta, adv_clip=c,
+                               adaptive=False)
+    assert loss.item() == pytest.approx(expected)
+    assert diag["margin"] is None and diag["r_mean"].item() == pytest.approx(r)
+
+
+def test_diffusion_nft_adaptive_error_by_hand():
+    # t = ½, v = 1, u = 0: x̂0 − x0 = −t·(v − u) = −0.5 → ‖·‖² = 0.25 over sg(|·|) = 0.5 → 0.5
+    loss, diag = diffusion_nft(one(1.0), one(1.0), one(0.0), f64(0.5), f64(1.0), beta=1.0, adv_clip=1.0)
+    assert loss.item() == pytest.approx(0.5) and diag["positive_error"].item() == pytest.approx(0.5)
+
+
+def test_diffusion_nft_gradients_push_towards_good_and_away_from_bad():
+    """At v_θ = v_old: r = 1 descends the flow-matching loss, r = 0 ascends it by the same step,
+    r = ½ leaves v_θ where it is; v_old gets no gradient."""
+    torch.manual_seed(0)
+    v_old, u, t = torch.randn(3, 2, 4, dtype=torch.float64), torch.randn(3, 2, 4, dtype=torch.float64), torch.rand(3)
+    grads = {}
+    for r in (1.0, 0.0, 0.5):
+        v = v_old.clone().requires_grad_(True)
+        old = v_old.clone().requires_grad_(True)
+        diffusion_nft(v, old, u, t, torch.full((3,), r), adaptive=False)[0].backward()
+        assert old.grad is None or torch.count_nonzero(old.grad) == 0
+        grads[r] = v.grad
+    v = v_old.clone().requires_grad_(True)
+    flow_matching_error(v, torch.zeros_like(u), u).mean().backward()
+    assert torch.allclose(grads[1.0] / grads[1.0].norm(), v.grad / v.grad.norm())
+    assert torch.allclose(grads[0.0], -grads[1.0])
+    assert torch.allclose(grads[0.5], torch.zeros_like(grads[0.5]))

@@ -321,3 +321,40 @@ def test_x0_error_space_scales_the_errors_by_t_squared():
     x0 = Trainer(tiny_transformer(), config(**cfg, error_space="x0")).train_round(groups).history[0]
     assert vel["t_mean"] == x0["t_mean"]  # the same draws
     assert 0 < x0["loss"] < vel["loss"]  # every t² < 1
+
+
+def test_diffusion_nft_needs_the_round_start_policy_as_v_old():
+    with pytest.raises(ValidationError, match="round-start"):
+        config(objective="diffusion-nft")
+    assert config(objective="diffusion-nft", reference="round-start").nft_real
+
+
+def test_diffusion_nft_learns_from_the_judges_rewards_alone():
+    """No real video (nft_real off): each group holds a smooth clip the judge liked and a noise clip
+    it did not; NFT must lower the policy's error on the liked clip relative to the other."""
+    groups = []
+    for g in make_groups(n=4, m=1):
+        liked, disliked = g.winner, g.losers[0]
+        groups.append(GroupSample(text=g.text, winner=liked, losers=torch.stack([liked, disliked]),
+                                  loser_sa=torch.tensor([1.0, 0.1]), loser_pc=torch.tensor([0.9, 0.0])))
+    model = tiny_transformer()
+    trainer = Trainer(model, config(objective="diffusion-nft", reference="round-start", nft_real=False,
+                                    steps=25, groups_per_step=4))
+    first = trainer.train_round(groups)
+    assert first.updates == 25 and first.history[0]["r_mean"] == pytest.approx(0.5, abs=0.11)
+    pairs = [GroupSample(text=g.text, winner=g.winner, losers=g.losers[1:], loser_sa=g.loser_sa[1:],
+                         loser_pc=g.loser_pc[1:]) for g in groups]
+    assert mean_pair_difference(model, pairs) < 0  # the liked clip's error fell relative to the other's
+
+
+def test_diffusion_nft_step_uses_as_many_samples_as_phygdpo():
+    """Real video at r = 1 plus one drawn clip per group: the same policy forward size as phygdpo."""
+    sizes = {}
+    for objective, extra in [("phygdpo", {}), ("diffusion-nft", {"reference": "round-start"})]:
+        model = tiny_transformer()
+        seen = []
+        model.register_forward_hook(lambda m, a, kw, out: seen.append(kw["hidden_states"].shape[0]),
+                                    with_kwargs=True)
+        Trainer(model, config(objective=objective, steps=1, **extra)).train_round(make_groups())
+        sizes[objective] = seen
+    assert sizes["phygdpo"] == sizes["diffusion-nft"] == [4, 4]  # ψ then θ, 2 groups × (winner + loser)
