@@ -194,6 +194,10 @@ class RunConfig(_Model):
     def _coherent(self) -> "RunConfig":
         if self.generate.backend == "toy" and self.data.source != "world":
             raise ValueError("the toy generator only knows the built-in world: set data.source = 'world'")
+        if self.train.objective == "flow-grpo" and self.generate.backend != "toy":
+            raise ValueError("train.objective = 'flow-grpo' needs the SDE sampler with per-step log-probabilities, "
+                             "which only the built-in world's generator has (generate.backend = 'toy'); see the "
+                             "README, 'Peer baselines', for what Wan's pipeline would need")
         if self.evaluate.judge is None and self.data.source == "world" and self.judge.backend != "vlm":
             # two judges built differently fail in different places: the other one evaluates
             other = "synthesis" if self.judge.backend == "physics" else "physics"

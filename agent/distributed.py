@@ -257,12 +257,15 @@ class DistributedRuntime(Runtime):
         self._dump_adapter()
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts, seeds, group_size: int, progress=None):
+    def generate(self, prompts, seeds, group_size: int, progress=None, rollouts: bool = False):
+        level = self.sde_noise_level(rollouts)
         with self.timing("model"):
-            self._send("generate", list(prompts), [int(s) for s in seeds], int(group_size))
-            return self._generate_share(list(prompts), [int(s) for s in seeds], int(group_size), progress)
+            self._send("generate", list(prompts), [int(s) for s in seeds], int(group_size), level)
+            return self._generate_share(list(prompts), [int(s) for s in seeds], int(group_size), level,
+                                        progress=progress)
 
-    def _generate_share(self, prompts: list[str], seeds: list[int], group_size: int, progress=None):
+    def _generate_share(self, prompts: list[str], seeds: list[int], group_size: int,
+                        sde_noise_level: float | None = None, progress=None):
         """Generate this rank's batches; on rank 0 return every clip in the single-process order."""
         import torch.distributed as dist
 
@@ -273,7 +276,8 @@ class DistributedRuntime(Runtime):
         if mine:
             local = None if progress is None else (lambda done, _total: progress(done, len(clips)))
             out = self.generator.generate([prompts[clips[c][0]] for c in mine],
-                                          [seeds[clips[c][0]] + clips[c][1] for c in mine], 1, progress=local)
+                                          [seeds[clips[c][0]] + clips[c][1] for c in mine], 1, progress=local,
+                                          **({} if sde_noise_level is None else {"sde_noise_level": sde_noise_level}))
             made = [(c, g[0]) for c, g in zip(mine, out)]
         if self.trainer.sharded:
             # FSDP all-gathers each block inside every forward, so every rank must run as many

@@ -62,8 +62,18 @@ def _round_groups(rt: Runtime, k: int, dataset: dict, replayed: bool = False) ->
                 conform = getattr(rt.generator, "conform", None)  # a real video of another geometry is resampled
                 real_latent = rt.generator.encode_videos([conform(video) if conform else video])[0]
             text = rt.generator.encode_prompts([cond_text])[0]
-        groups.append(build_group_sample(plan, text=text, generated=latents, candidates=cands,
-                                         real=real_latent, prompt=cond_text))
+        sample = build_group_sample(plan, text=text, generated=latents, candidates=cands, real=real_latent,
+                                    prompt=cond_text)
+        if cfg.train.objective == "flow-grpo":  # every judged generation is a rollout of the group
+            import torch
+
+            judged = [i for i, c in enumerate(cands) if c.judged]
+            trajs = rt.rollouts_for([vs[i] for i in judged])
+            sample.rollouts = {"latents": torch.stack([t["latents"] for t in trajs]),
+                               "log_probs": torch.stack([t["log_probs"] for t in trajs]),
+                               "sigmas": trajs[0]["sigmas"],
+                               "reward": torch.tensor([cands[i].score for i in judged], dtype=torch.float32)}
+        groups.append(sample)
     return groups, skipped
 
 
@@ -221,7 +231,7 @@ class Nodes:
         m = cfg.generate.group_size
         jobs = [(p["idx"], p["text"], derive_seed(cfg.seed, "train", k, p["idx"])) for p in prompts]
         with timed(rt, k, "generate", len(jobs) * m):
-            generate_clips(rt, k, "train", "generated", jobs, m)
+            generate_clips(rt, k, "train", "generated", jobs, m, rollouts=True)
         return {}
 
     def judge(self, state: LoopState) -> LoopState:
@@ -262,6 +272,7 @@ class Nodes:
             rt._train_round = None
             rt.active_adapter = k
             rt.latents.clear()
+            rt.rollouts.clear()
             rel = rt.layout.adapter_relpath(k)
             path = rt.layout.path(rel)
             rt.save_trainer(path)

@@ -56,6 +56,7 @@ class Runtime:
     store: Store
     ui: Any = field(default_factory=NullUI)
     latents: dict = field(default_factory=dict)  # video id → latent made by this process (saves re-encoding)
+    rollouts: dict = field(default_factory=dict)  # video id → SDE trajectory made by this process (flow-grpo)
     _train_round: int | None = None
     active_adapter: int | None = None  # the round whose adapter the generator carries (None: base)
     profile: dict = field(default_factory=lambda: {"model": 0.0, "judge": 0.0})  # seconds this round
@@ -139,10 +140,18 @@ class Runtime:
 
     # ------------------------------------------------------------------ the compute the nodes ask for
     # (a multi-process runtime overrides these two to shard the work across ranks)
-    def generate(self, prompts, seeds, group_size: int, progress=None):
-        """Clips for each prompt from the generator as it is now (base + current adapter)."""
+    def generate(self, prompts, seeds, group_size: int, progress=None, rollouts: bool = False):
+        """Clips for each prompt from the generator as it is now (base + current adapter); with
+        ``rollouts`` (training clips under flow-grpo) from its SDE sampler, with their trajectories."""
+        level = self.sde_noise_level(rollouts)
+        extra = {} if level is None else {"sde_noise_level": level}
         with self.timing("model"):
-            return self.generator.generate(prompts, seeds, group_size, progress=progress)
+            return self.generator.generate(prompts, seeds, group_size, progress=progress, **extra)
+
+    def sde_noise_level(self, rollouts: bool) -> float | None:
+        """The SDE sampler's noise level when ``rollouts`` are asked for and the objective trains on them."""
+        t = self.config.train
+        return t.grpo_noise_level if rollouts and t.objective == "flow-grpo" else None
 
     def train_round(self, groups):
         """One round of the configured objective on ``groups``; returns the trainer's summary."""
@@ -179,7 +188,8 @@ class Runtime:
             skipped=bool(rec.get("skipped")), reason=rec.get("reason"), alpha_mean=_finite(rec.get("alpha_mean")),
             gamma_mean=_finite(rec.get("gamma_mean")),
             extra={"t_mean": rec.get("t_mean"), "saturated": _finite(rec.get("saturated")),
-                   "seconds": rec.get("seconds"), "loss_raw": repr(rec.get("loss"))})
+                   "seconds": rec.get("seconds"), "loss_raw": repr(rec.get("loss")),
+                   **{k: _finite(rec[k]) for k in PEER_DIAGNOSTICS if rec.get(k) is not None}})
         self.ui.advance(rec["step"] + 1, self.config.train.steps)
         if rec["step"] + 1 == max(1, self.config.train.steps // 2):
             from agent.failpoints import failpoint
@@ -247,6 +257,26 @@ class Runtime:
         self.load_round_adapter(int(row["round"]))
         return int(row["round"])
 
+    def rollouts_for(self, video_rows: list[dict]) -> list[dict]:
+        """The SDE trajectories of stored training clips (flow-grpo): this process's cache, else the
+        stored latent file (checked against its hash)."""
+        from store import verify
+
+        for v in video_rows:
+            if v["id"] in self.rollouts:
+                continue
+            path = self.layout.path(v["latent_path"]) if v.get("latent_path") else None
+            if path is None or not verify(path, v["latent_sha256"]):
+                raise RuntimeError(f"clip {v['path']} has no stored SDE trajectory (or it fails its hash); "
+                                   "flow-grpo trains on the SDE sampler's steps: delete the round's clips to "
+                                   "regenerate them")
+            traj = read_trajectory(path)
+            if traj is None:
+                raise RuntimeError(f"clip {v['path']} was generated without the SDE sampler; flow-grpo cannot "
+                                   "train on it (delete the round's clips to regenerate them)")
+            self.rollouts[v["id"]] = traj
+        return [self.rollouts[v["id"]] for v in video_rows]
+
     def latents_for(self, video_rows: list[dict]):
         """Latents of stored videos: from this process's cache, else the stored latent file (kept
         where the video file is lossy; checked against its hash), else encoded from the video file."""
@@ -271,14 +301,32 @@ class Runtime:
         return torch.stack([self.latents[v["id"]] for v in video_rows])
 
 
-def write_latent(path, latent) -> str:
-    """Write one training latent (safetensors, atomically); returns the file's sha256."""
+#: the peer baselines' own step diagnostics (objectives.diffusion_nft / flow_grpo), kept with each step
+PEER_DIAGNOSTICS = ("r_mean", "positive_error", "negative_error", "ratio_mean", "clip_fraction", "kl")
+
+
+def write_latent(path, latent, trajectory: dict | None = None) -> str:
+    """Write one training latent (safetensors, atomically), with its SDE ``trajectory`` tensors when
+    it has one (flow-grpo: ``trajectory.latents``, ``trajectory.log_probs``, ``trajectory.sigmas``);
+    returns the file's sha256."""
     from safetensors.torch import save
 
     from store import atomic_write_bytes, sha256_file
 
-    atomic_write_bytes(path, save({"latent": latent.detach().cpu().contiguous()}))
+    tensors = {"latent": latent.detach().cpu().contiguous()}
+    for k, v in (trajectory or {}).items():
+        tensors[f"trajectory.{k}"] = v.detach().cpu().contiguous()
+    atomic_write_bytes(path, save(tensors))
     return sha256_file(path)
+
+
+def read_trajectory(path) -> dict | None:
+    """The SDE trajectory stored beside a clip by :func:`write_latent`, or None if it has none."""
+    from safetensors.torch import load
+
+    tensors = load(Path(path).read_bytes())
+    out = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("trajectory.")}
+    return out or None
 
 
 def read_latent(path):

@@ -107,12 +107,16 @@ def eval_pool(rt: Runtime, split: str) -> list[dict]:
 
 
 def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[int, str, int]],
-                   group_size: int) -> list[list[Clip]]:
+                   group_size: int, rollouts: bool = False) -> list[list[Clip]]:
     """Generate (or read back) ``group_size`` clips for each ``(prompt idx, text, seed)``.
 
     Clips whose video row exists and whose file matches its hash are read back; the others
     are generated in one batch with the generator's current adapter and stored atomically.
+    With ``rollouts`` and an objective that trains on them (flow-grpo) the clips come from the SDE
+    sampler and their trajectories are stored in the clip's latent file; a stored clip without one
+    is generated again.
     """
+    need_traj = rt.sde_noise_level(rollouts) is not None
     existing = {(v["prompt_idx"], v["group_index"]): v for v in rt.store.videos(rt.run, k, split=split, kind=kind)}
     out: list[list[Clip | None]] = [[None] * group_size for _ in jobs]
     missing = []
@@ -122,14 +126,16 @@ def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[
             path = rt.layout.path(row["path"]) if row else None
             latent_ok = not (row and row.get("latent_path")) or verify(rt.layout.path(row["latent_path"]),
                                                                         row["latent_sha256"])
-            if row and row["prompt_text"] == text and row["sha256"] and verify(path, row["sha256"]) and latent_ok:
+            traj_ok = not need_traj or bool(row and row.get("latent_path"))
+            if (row and row["prompt_text"] == text and row["sha256"] and verify(path, row["sha256"]) and latent_ok
+                    and traj_ok):
                 out[n][j] = Clip(row["id"], idx, j, text, read_video(path))
             elif n not in missing:
                 missing.append(n)
     if missing:
         adapter_round = rt.active_adapter
         groups = rt.generate([jobs[n][1] for n in missing], [jobs[n][2] for n in missing], group_size,
-                             progress=lambda done, total: rt.ui.advance(done, total))
+                             progress=lambda done, total: rt.ui.advance(done, total), rollouts=rollouts)
         fps = getattr(getattr(rt.generator, "config", None), "fps", 8.0)
         suffix = ".npy" if rt.config.generate.backend == "toy" else ".mp4"
         with rt.store.transaction():
@@ -140,15 +146,19 @@ def generate_clips(rt: Runtime, k: int, split: str, kind: str, jobs: list[tuple[
                     rel = rt.layout.video_relpath(k, split, idx, kind, j, suffix=suffix)
                     sha = write_video(rt.layout.path(rel), g.video, fps=fps)
                     lat_rel = lat_sha = None
-                    if kind == "generated" and suffix != ".npy" and g.latent is not None:
-                        # the video file is lossy: keep the exact latent the trainer will use
+                    traj = getattr(g, "trajectory", None)
+                    if kind == "generated" and g.latent is not None and (suffix != ".npy" or traj is not None):
+                        # the video file is lossy: keep the exact latent the trainer will use (and the
+                        # SDE trajectory flow-grpo trains on)
                         lat_rel = rel.rsplit(".", 1)[0] + ".latent.safetensors"
-                        lat_sha = write_latent(rt.layout.path(lat_rel), g.latent)
+                        lat_sha = write_latent(rt.layout.path(lat_rel), g.latent, traj)
                     vid = rt.store.record_video(
                         rt.run, k, split, idx, kind, j, path=rel, sha256=sha, seed=g.seed, prompt_text=text,
                         adapter_round=adapter_round, frames=g.video.shape[0], height=g.video.shape[1],
                         width=g.video.shape[2], fps=fps, latent_path=lat_rel, latent_sha256=lat_sha)
                     rt.latents[vid] = g.latent
+                    if traj is not None:
+                        rt.rollouts[vid] = traj
                     out[n][j] = Clip(vid, idx, j, text, g.video)
                 if kind == "generated":
                     failpoint("mid:generate", k)

@@ -5,6 +5,7 @@ Variants (all on the default preset unless overridden):
   refine-only     the base model with prompt refinement at inference (round 0, refined prompts)
   sft / rwr / flow-dpo / phygdpo / gdpo-full    the objectives of policy/objectives.py
   diffusion-nft   the peer baseline DiffusionNFT (v_old = the round-start policy), same samples per step
+  flow-grpo       the peer baseline Flow-GRPO (SDE rollouts, clipped ratio on stored steps), same samples per step
   phygdpo-no-pgr  PhyGDPO with α = γ = 1 (no physics-guided rewarding)
   phygdpo-full-copy   PhyGDPO with a full-copy reference instead of LoRA-SR
   phygdpo-distil  generate with refined prompts, train on the original prompts
@@ -51,6 +52,7 @@ TRAINED = {
     "phygdpo": ["train.objective='phygdpo'"],
     "gdpo-full": ["train.objective='gdpo-full'"],
     "diffusion-nft": ["train.objective='diffusion-nft'", "train.reference='round-start'"],
+    "flow-grpo": ["train.objective='flow-grpo'"],
     "phygdpo-no-pgr": ["train.objective='phygdpo'", "train.use_pgr=false"],
     "phygdpo-full-copy": ["train.objective='phygdpo'", "train.reference='full-copy'"],
     "phygdpo-distil": ["train.objective='phygdpo'", "refine.distil=true"],
@@ -271,11 +273,11 @@ def paired_table(pairs: dict) -> str:
     return "\n".join(lines)
 
 
-OBJECTIVES = ("sft", "rwr", "flow-dpo", "phygdpo", "gdpo-full", "diffusion-nft")
+OBJECTIVES = ("sft", "rwr", "flow-dpo", "phygdpo", "gdpo-full", "diffusion-nft", "flow-grpo")
 ABLATIONS = ("phygdpo", "phygdpo-no-pgr", "phygdpo-full-copy", "phygdpo-distil")
 COLOURS = {"sft": "tab:blue", "rwr": "tab:orange", "flow-dpo": "tab:green", "phygdpo": "tab:red",
            "gdpo-full": "tab:purple", "phygdpo-no-pgr": "tab:olive", "phygdpo-full-copy": "black",
-           "phygdpo-distil": "tab:cyan", "diffusion-nft": "tab:pink"}
+           "phygdpo-distil": "tab:cyan", "diffusion-nft": "tab:pink", "flow-grpo": "tab:brown"}
 
 
 def plot(summary: dict, rounds: int, path: Path) -> None:

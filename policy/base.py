@@ -65,6 +65,8 @@ class Generated:
     video: np.ndarray  # uint8 (T, H, W, 3)
     latent: torch.Tensor  # (C, T', H', W') float32, CPU
     text: torch.Tensor  # (L, D) float32, CPU: the conditioning it was generated with
+    # Flow-GRPO rollouts (the SDE sampler): latents (S + 1, C, T', H', W'), log_probs (S,), sigmas (S + 1,)
+    trajectory: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -137,6 +139,9 @@ class GroupSample:
     loser_pc: torch.Tensor  # (m,)
     prompt: str = ""
     meta: dict = field(default_factory=dict)
+    # flow-grpo: the group's judged generations as rollouts, {"latents": (n, S + 1, …), "log_probs": (n, S),
+    # "sigmas": (S + 1,), "reward": (n,)}; None for the other objectives
+    rollouts: dict[str, torch.Tensor] | None = None
 
 
 @contextmanager

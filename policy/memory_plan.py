@@ -273,7 +273,8 @@ def train_samples_per_step(objective: str, groups_per_step: int, group_size: int
         return groups_per_step
     if objective == "gdpo-full":
         return groups_per_step * (group_size + 1)
-    return 2 * groups_per_step  # phygdpo, flow-dpo, rwr: winner + one loser per group
+    # phygdpo, flow-dpo, rwr, diffusion-nft: winner + one loser per group; flow-grpo: two (clip, step) draws
+    return 2 * groups_per_step
 
 
 @dataclass

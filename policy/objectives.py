@@ -2,9 +2,9 @@
 (or, for DiffusionNFT, of the velocities themselves).
 
 This module is the one place where the paper's equations live (PhyGDPO, `papers/phygdpo.txt`
-Sec. 2.2; RWR from `papers/ai-feedback-rl-finetuning.txt` Eq. 6; the peer baseline DiffusionNFT,
-arXiv 2509.16117). Nothing here touches a model: the trainer computes errors (velocities), these
-functions turn them into a loss and diagnostics.
+Sec. 2.2; RWR from `papers/ai-feedback-rl-finetuning.txt` Eq. 6; the peer baselines DiffusionNFT,
+arXiv 2509.16117, and Flow-GRPO, arXiv 2505.05470). Nothing here touches a model: the trainer
+computes errors (velocities, SDE step means), these functions turn them into a loss and diagnostics.
 
 Notation (rectified flow, Eq. 10–12)
     x_t = (1 − t)·x0 + t·x1,  x1 ~ N(0, I),  target velocity u = x1 − x0
@@ -39,17 +39,18 @@ Diagnostics
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Objective = Literal["phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft", "diffusion-nft"]
-OBJECTIVES: tuple[str, ...] = ("phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft", "diffusion-nft")
+Objective = Literal["phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft", "diffusion-nft", "flow-grpo"]
+OBJECTIVES: tuple[str, ...] = ("phygdpo", "gdpo-full", "flow-dpo", "rwr", "sft", "diffusion-nft", "flow-grpo")
 #: objectives that compare against the reference ψ (and so need the LoRA-off pass); for
-#: diffusion-nft ψ is the old policy v_old, the policy that sampled the round
-NEEDS_REFERENCE: frozenset[str] = frozenset({"phygdpo", "gdpo-full", "flow-dpo", "diffusion-nft"})
+#: diffusion-nft ψ is the old policy v_old, the policy that sampled the round; flow-grpo's KL term
+NEEDS_REFERENCE: frozenset[str] = frozenset({"phygdpo", "gdpo-full", "flow-dpo", "diffusion-nft", "flow-grpo"})
 
 DEFAULT_BETA = 2.5
 DEFAULT_T = 1000.0
@@ -348,6 +349,74 @@ def diffusion_nft(
     diag: Diagnostics = {"margin": None, "accuracy": None, "alpha_mean": None, "gamma_mean": None,
                          "r_mean": r.detach().mean(), "positive_error": pos.detach().mean(),
                          "negative_error": neg.detach().mean()}
+    return loss, diag
+
+
+# ------------------------------------------------------------------ Flow-GRPO (a peer baseline)
+def sde_step(x: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor, *, noise_level: float,
+             sigma_cap: float) -> tuple[Tensor, Tensor]:
+    """Flow-GRPO's ODE-to-SDE conversion (Liu et al., 2025, arXiv 2505.05470, Eq. 8–9): the mean and
+    std of ``x_{σ'} | x_σ`` for one Euler–Maruyama step from noise level σ down to σ' < σ.
+
+    With x_σ = (1 − σ)·x0 + σ·ε the score is −(x + (1 − σ)·v)/σ, and the reverse-time SDE with
+    diffusion s_σ = a·√(σ/(1 − σ)) has the same marginals as the ODE dx = v dσ:
+
+        mean = x + [v + s²/(2σ)·(x + (1 − σ)·v)]·Δ,   std = s·√(−Δ),   Δ = σ' − σ < 0.
+
+    ``a`` is ``noise_level``; s is infinite at σ = 1, so σ is capped at ``sigma_cap`` (the largest
+    level below 1 of the schedule) inside the square root, as the authors do. Tensors broadcast
+    over the batch: ``sigma`` and ``sigma_next`` are ``(B,)``.
+    """
+    shape = (-1, *([1] * (x.dim() - 1)))
+    sig = sigma.to(torch.float32).reshape(shape)
+    nxt = sigma_next.to(torch.float32).reshape(shape)
+    dt = nxt - sig
+    s = noise_level * torch.sqrt(sig / (1.0 - sig.clamp(max=sigma_cap)))
+    x, v = x.float(), v.float()
+    mean = x + (v + s.pow(2) / (2.0 * sig) * (x + (1.0 - sig) * v)) * dt
+    return mean, s * torch.sqrt(-dt)
+
+
+def gaussian_log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Per-sample log N(x_next; mean, std²), averaged over elements (as Flow-GRPO does: the ratio's
+    scale then does not depend on the clip size) → ``(B,)``."""
+    z = (x_next.float() - mean) / std
+    lp = -0.5 * z.pow(2) - torch.log(std) - 0.5 * math.log(2.0 * math.pi)
+    return lp.flatten(1).mean(dim=1)
+
+
+def group_advantages(reward: Tensor, *, adv_clip: float = 5.0, eps: float = 1e-4) -> Tensor:
+    """GRPO's group-relative advantage of ONE group, ``(R − mean R)/(std R + eps)`` (population std),
+    clipped to ``±adv_clip``."""
+    reward = torch.as_tensor(reward, dtype=torch.float32)
+    std = reward.std(unbiased=False) if reward.numel() > 1 else reward.new_zeros(())
+    return ((reward - reward.mean()) / (std + eps)).clamp(-adv_clip, adv_clip)
+
+
+def sde_kl(mean: Tensor, mean_ref: Tensor, std: Tensor) -> Tensor:
+    """KL between the policy's and the reference's Gaussian steps (same std), averaged over elements:
+    ``mean((μθ − μψ)²) / (2·std²)`` → ``(B,)``."""
+    return ((mean.float() - mean_ref.float()).pow(2).flatten(1).mean(dim=1)
+            / (2.0 * std.float().flatten(1).mean(dim=1).pow(2)))
+
+
+def flow_grpo(log_prob: Tensor, old_log_prob: Tensor, advantage: Tensor, *, clip_range: float,
+              kl: Tensor | None = None, kl_beta: float = 0.0) -> tuple[Tensor, Diagnostics]:
+    """The clipped policy-ratio loss of GRPO on denoising steps, ``E[max(−A·ρ, −A·clip(ρ, 1 ± ε))]``
+    with ``ρ = exp(log πθ − log π_old)`` of the stored step, plus ``kl_beta·E[KL(πθ‖πψ)]``."""
+    ratio = torch.exp(log_prob - old_log_prob.to(log_prob))
+    advantage = advantage.to(log_prob)
+    unclipped = -advantage * ratio
+    clipped = -advantage * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    diag: Diagnostics = {"margin": None, "accuracy": None, "alpha_mean": None, "gamma_mean": None,
+                         "ratio_mean": ratio.detach().mean(),
+                         "clip_fraction": ((ratio.detach() - 1.0).abs() > clip_range).float().mean(),
+                         "kl": None}
+    if kl is not None:
+        diag["kl"] = kl.detach().mean()
+        if kl_beta:
+            loss = loss + kl_beta * kl.mean()
     return loss, diag
 
 

@@ -51,6 +51,7 @@ Progress = Callable[[int, int], None]
 PREDICTIONS = ("velocity", "x0-precond", "x0")
 COORD_CHANNELS = 3
 X0_T_MIN = 0.05  # "x0" prediction: v̂ = (x_t − F) / max(t, X0_T_MIN)
+SDE_SEED_OFFSET = 1 << 40  # the SDE sampler's step noise: its own stream, apart from the starting noise
 
 
 @dataclass(frozen=True)
@@ -379,6 +380,38 @@ class ToyGenerator(AdapterIO):
             x = x + (s_next - s) * v
         return x.cpu()
 
+    @torch.no_grad()
+    def sample_sde(self, noise: torch.Tensor, text: torch.Tensor, seeds: Sequence[int], *, noise_level: float,
+                   sampling: SampleConfig | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Flow-GRPO's stochastic sampler (:func:`policy.objectives.sde_step`): the same noise levels
+        as :meth:`sample`, each step drawn from its Gaussian with fresh noise seeded by the clip's
+        seed. Returns the clean latents and the trajectory the trainer needs: ``latents``
+        ``(B, S + 1, …)`` (x at every level, noise first), ``log_probs`` ``(B, S)`` of each step under
+        the policy that sampled it, and the ``sigmas`` ``(S + 1,)``."""
+        from policy.objectives import gaussian_log_prob, sde_step
+
+        cfg = sampling or self.sampling
+        if cfg.guidance != 1.0:
+            raise ValueError("the SDE sampler trains the conditional velocity: it needs guidance = 1")
+        if not noise.shape[0] == text.shape[0] == len(seeds):
+            raise ValueError(f"{noise.shape[0]} noise tensors, {text.shape[0]} conditionings, {len(seeds)} seeds")
+        dev = self.device
+        sigmas = sigma_schedule(cfg.steps, cfg.shift)
+        cap = float(sigmas[1]) if cfg.steps > 1 else 0.5
+        gens = [torch.Generator().manual_seed(int(s) + SDE_SEED_OFFSET) for s in seeds]
+        x = noise.to(dev, torch.float32)
+        text = text.to(dev)
+        xs, lps = [x.cpu()], []
+        for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+            t = torch.full((x.shape[0],), s, device=dev)
+            mean, std = sde_step(x, self.velocity(x, t, text), t, torch.full_like(t, s_next),
+                                 noise_level=noise_level, sigma_cap=cap)
+            eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(dev)
+            x = mean + std * eps if s_next > 0 else mean  # the last step lands on the clean clip
+            lps.append(gaussian_log_prob(x, mean, std).cpu() if s_next > 0 else torch.zeros(x.shape[0]))
+            xs.append(x.cpu())
+        return x.cpu(), {"latents": torch.stack(xs, dim=1), "log_probs": torch.stack(lps, dim=1), "sigmas": sigmas}
+
     def noise(self, seed: int) -> torch.Tensor:
         """The starting noise of the clip with this seed, ``(3, T, H, W)``."""
         g = torch.Generator().manual_seed(int(seed))
@@ -386,12 +419,15 @@ class ToyGenerator(AdapterIO):
         return torch.randn((3, a.frames, a.size, a.size), generator=g, dtype=torch.float32)
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], group_size: int,
-                 progress: Progress | None = None, sampling: SampleConfig | None = None) -> list[list[Generated]]:
+                 progress: Progress | None = None, sampling: SampleConfig | None = None,
+                 sde_noise_level: float | None = None) -> list[list[Generated]]:
         """For each prompt, ``group_size`` clips; clip ``j`` of prompt ``i`` uses seed ``seeds[i] + j``.
 
         ``progress(done, total)`` is called with the number of clips finished after each batch.
         Each clip's ``latent`` is the encoding of its uint8 video (what the judge sees is exactly
-        what training uses); ``text`` is its conditional embedding.
+        what training uses); ``text`` is its conditional embedding. With ``sde_noise_level`` the
+        clips come from the SDE sampler (:meth:`sample_sde`, Flow-GRPO's rollouts) and each carries
+        its ``trajectory``.
         """
         if isinstance(prompts, str):
             raise TypeError("generate() takes a sequence of prompts, not a single string")
@@ -410,11 +446,20 @@ class ToyGenerator(AdapterIO):
                 chunk = jobs[start:start + cfg.max_batch]
                 noise = torch.stack([self.noise(seed) for _, _, seed in chunk])
                 cond = torch.stack([text[i] for i, _, _ in chunk])
-                videos = self.decode_latents(self.sample(noise, cond, cfg))
+                traj = None
+                if sde_noise_level is None:
+                    clean = self.sample(noise, cond, cfg)
+                else:
+                    clean, traj = self.sample_sde(noise, cond, [seed for _, _, seed in chunk],
+                                                  noise_level=sde_noise_level, sampling=cfg)
+                videos = self.decode_latents(clean)
                 latents = self.encode_videos(videos)
                 for k, (i, j, seed) in enumerate(chunk):
-                    out[i].append(Generated(prompt=prompts[i], seed=seed, video=videos[k],
-                                            latent=latents[k], text=text[i].clone()))
+                    out[i].append(Generated(
+                        prompt=prompts[i], seed=seed, video=videos[k], latent=latents[k], text=text[i].clone(),
+                        trajectory=None if traj is None else {"latents": traj["latents"][k].clone(),
+                                                              "log_probs": traj["log_probs"][k].clone(),
+                                                              "sigmas": traj["sigmas"].clone()}))
                 if progress is not None:
                     progress(start + len(chunk), len(jobs))
         finally:

@@ -9,6 +9,9 @@ step (Eq. 6), i.e. m + 1 samples per group instead of 2 — the cost PhyGDPO's b
 The peer baseline ``diffusion-nft`` draws the same two samples per group (the real video at
 r = 1 and one generated clip at its within-group optimality probability) and compares the
 velocities of the policy and of ψ = the round-start policy (its v_old) instead of their errors.
+``flow-grpo`` (the other peer baseline) trains on the SDE sampler's stored denoising steps instead
+of the forward process: per group ``grpo_draws_per_group`` (clip, step) draws, the clipped ratio of
+the step's likelihood under the policy to the sampler's, and a KL to ψ (the base by default).
 
 Optimisation (paper defaults): AdamW (0.9, 0.999, wd 0.01) on the LoRA parameters only, lr
 1e-5 with linear warm-up then cosine decay to 1e-6, gradient clipping, bf16 autocast on CUDA
@@ -108,6 +111,13 @@ class TrainConfig(BaseModel):
     nft_adv_clip: float = Field(5.0, gt=0.0)
     nft_adaptive: bool = True
     nft_real: bool = True
+    # flow-grpo (objectives.flow_grpo): the SDE sampler's noise level a of the training rollouts, the
+    # ratio clip ε, the KL weight to ψ, the advantage clip, and (clip, denoising step) draws per group and step
+    grpo_noise_level: float = Field(0.7, gt=0.0)
+    grpo_clip: float = Field(1e-4, gt=0.0)
+    grpo_kl_beta: float = Field(0.04, ge=0.0)
+    grpo_adv_clip: float = Field(5.0, gt=0.0)
+    grpo_draws_per_group: int = Field(2, ge=1)
 
     lr: float = Field(1e-5, gt=0.0)
     lr_min: float = Field(1e-6, ge=0.0)
@@ -226,6 +236,20 @@ class _Batch:
     r: Tensor | None = None  # diffusion-nft: each drawn loser's optimality probability within its group
 
 
+@dataclass
+class _RolloutBatch:
+    """One flow-grpo step's draw: stored denoising steps x → x_next of the groups' rollouts."""
+
+    text: Tensor
+    x: Tensor
+    x_next: Tensor
+    t: Tensor  # σ of the step (t, as everywhere: 1 = noise)
+    t_next: Tensor
+    old_log_prob: Tensor
+    advantage: Tensor
+    sigma_cap: float
+
+
 class _GroupStream:
     """Groups in shuffled epochs, so each is seen once before any is seen twice."""
 
@@ -256,7 +280,8 @@ class _DivergenceGuard:
             base = float(np.mean(self.losses))
             if self.chance:
                 base = max(base, float(np.mean(self.chance)))
-            limits.append(self.c.guard_loss_factor * base)
+            if base > 0:  # a ratio to a loss that can be ≤ 0 (flow-grpo's centred advantages) means nothing
+                limits.append(self.c.guard_loss_factor * base)
         return min(limits) if limits else math.inf
 
     def update(self, loss: float, chance: float | None) -> str | None:
@@ -373,10 +398,12 @@ class Trainer:
         return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
 
     def _sample(self, groups: Sequence[GroupSample], stream: _GroupStream,
-                gen: torch.Generator) -> _Batch:
+                gen: torch.Generator) -> _Batch | _RolloutBatch:
         acc = self.accelerator
         G = global_batch(self.config.groups_per_step, len(groups), acc.num_processes)
         chosen = [groups[i] for i in stream.take(G)]
+        if self.config.objective == "flow-grpo":
+            return self._sample_rollouts(chosen, gen)
         pairwise = self.config.objective != "gdpo-full"
         # The global draw, in the order one process makes it; then this process's slice.
         js = [int(torch.randint(g.losers.shape[0], (1,), generator=gen)) for g in chosen] if pairwise else None
@@ -412,17 +439,47 @@ class Trainer:
             sa=sa.to(dev), pc=pc.to(dev), m=torch.tensor(ms, dtype=torch.float32, device=dev),
             t=t.to(dev), noise=noise.to(dev, non_blocking=True), owner=owner.to(dev), slot=slot.to(dev), r=r)
 
+    def _sample_rollouts(self, chosen: list[GroupSample], gen: torch.Generator) -> _RolloutBatch:
+        """Per group ``grpo_draws_per_group`` (clip, step) draws, uniform over the group's rollouts and
+        over the stochastic steps (the last, deterministic step has no likelihood); the advantage of
+        a clip is its reward's standing within ALL of its group's rollouts."""
+        acc, k = self.accelerator, self.config.grpo_draws_per_group
+        draws = []
+        for g in chosen:
+            r = g.rollouts
+            n, steps = r["log_probs"].shape
+            adv = obj.group_advantages(r["reward"], adv_clip=self.config.grpo_adv_clip)
+            for _ in range(k):
+                j = int(torch.randint(n, (1,), generator=gen))
+                s = int(torch.randint(max(1, steps - 1), (1,), generator=gen))
+                draws.append((g, j, s, adv[j]))
+        part = rank_slice(len(chosen), acc.num_processes, acc.process_index)
+        draws = draws[part.start * k:part.stop * k]
+        dev = self.device
+        sig = [g.rollouts["sigmas"] for g, *_ in draws]
+        return _RolloutBatch(
+            text=torch.stack([g.text for g, *_ in draws]).to(dev),
+            x=torch.stack([g.rollouts["latents"][j, s] for g, j, s, _ in draws]).to(dev, torch.float32),
+            x_next=torch.stack([g.rollouts["latents"][j, s + 1] for g, j, s, _ in draws]).to(dev, torch.float32),
+            t=torch.stack([sg[s] for sg, (_, _, s, _) in zip(sig, draws)]).float().to(dev),
+            t_next=torch.stack([sg[s + 1] for sg, (_, _, s, _) in zip(sig, draws)]).float().to(dev),
+            old_log_prob=torch.stack([g.rollouts["log_probs"][j, s] for g, j, s, _ in draws]).float().to(dev),
+            advantage=torch.stack([a for *_, a in draws]).float().to(dev),
+            sigma_cap=float(sig[0][1]) if len(sig[0]) > 2 else 0.5)
+
     # ------------------------------------------------------------------ forward
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
-    def _velocity(self, net: Callable[..., Tensor], x0: Tensor, x1: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        """``net``'s velocity at x_t = (1 − t)·x0 + t·x1."""
-        tb = t.view(-1, *([1] * (x0.dim() - 1)))
-        x_t = (1.0 - tb) * x0 + tb * x1
+    def _net(self, net: Callable[..., Tensor], x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
         dtype = self.transformer.dtype
         with self._autocast():
             return net(hidden_states=x_t.to(dtype), timestep=t * 1000.0, encoder_hidden_states=text.to(dtype))
+
+    def _velocity(self, net: Callable[..., Tensor], x0: Tensor, x1: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """``net``'s velocity at x_t = (1 − t)·x0 + t·x1."""
+        tb = t.view(-1, *([1] * (x0.dim() - 1)))
+        return self._net(net, (1.0 - tb) * x0 + tb * x1, t, text)
 
     def _errors(self, net: Callable[..., Tensor], x0: Tensor, x1: Tensor, t: Tensor, text: Tensor) -> Tensor:
         """Per-sample flow-matching error of ``net`` at x_t = (1 − t)·x0 + t·x1."""
@@ -432,7 +489,9 @@ class Trainer:
     def _policy(self, **kw) -> Tensor:
         return self.model(**kw, return_dict=False)[0]
 
-    def _loss(self, b: _Batch) -> tuple[Tensor, obj.Diagnostics]:
+    def _loss(self, b: _Batch | _RolloutBatch) -> tuple[Tensor, obj.Diagnostics]:
+        if isinstance(b, _RolloutBatch):
+            return self._grpo(b)
         cfg, B = self.config, b.winners.shape[0]
         if cfg.objective == "sft":
             return obj.sft(self._errors(self._policy, b.winners, b.noise, b.t, b.text))
@@ -464,6 +523,20 @@ class Trainer:
         v_theta = self._velocity(self._policy, x0, x1, t, text)
         return obj.diffusion_nft(v_theta, v_old, x1 - x0, t, r, beta=cfg.nft_beta, adv_clip=cfg.nft_adv_clip,
                                  adaptive=cfg.nft_adaptive)
+
+    def _grpo(self, b: _RolloutBatch) -> tuple[Tensor, obj.Diagnostics]:
+        """Flow-GRPO on stored denoising steps: the policy's (and ψ's) Gaussian step from x, the log
+        probability of the step the sampler took, the clipped ratio against the sampler's."""
+        cfg = self.config
+        step = dict(noise_level=cfg.grpo_noise_level, sigma_cap=b.sigma_cap)
+        mean, std = obj.sde_step(b.x, self._net(self._policy, b.x, b.t, b.text), b.t, b.t_next, **step)
+        log_prob = obj.gaussian_log_prob(b.x_next, mean, std)
+        kl = None
+        if cfg.grpo_kl_beta > 0:
+            ref_mean, _ = obj.sde_step(b.x, self._net(self.reference, b.x, b.t, b.text), b.t, b.t_next, **step)
+            kl = obj.sde_kl(mean, ref_mean, std)
+        return obj.flow_grpo(log_prob, b.old_log_prob, b.advantage, clip_range=cfg.grpo_clip, kl=kl,
+                             kl_beta=cfg.grpo_kl_beta)
 
     def _preference(self, b: _Batch, pw: Tensor, pl: Tensor, rw: Tensor, rl: Tensor) -> tuple[Tensor, obj.Diagnostics]:
         """The DPO-type objective on the winners' / losers' errors under the policy and under ψ."""
@@ -536,6 +609,9 @@ class Trainer:
             if g.loser_sa.shape[0] != g.losers.shape[0] or g.loser_pc.shape[0] != g.losers.shape[0]:
                 raise ValueError(f"group {i} has {g.losers.shape[0]} losers but "
                                  f"{g.loser_sa.shape[0]}/{g.loser_pc.shape[0]} sa/pc scores")
+        if cfg.objective == "flow-grpo" and any(g.rollouts is None for g in groups):
+            raise ValueError("flow-grpo trains on rollouts of the SDE sampler; a group came without them "
+                             "(were its clips generated with the ODE sampler?)")
         if len({(tuple(g.winner.shape), tuple(g.text.shape)) for g in groups}) > 1:
             raise ValueError("all groups of a round must share latent and text shapes")
 

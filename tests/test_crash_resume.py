@@ -29,6 +29,12 @@ SLOW = ["exit:baseline@0", "enter:plan@1", "exit:plan@1", "exit:refine@1", "exit
         "exit:train@1", "exit:evaluate@1", "exit:checkpoint@1"]
 
 
+# Flow-GRPO trains on the SDE trajectories stored beside its clips: killed after generating or while
+# training, the resumed run must read them back exactly (the reference kept them in memory)
+GRPO_ARGS = [*ARGS, "--set", "train.objective=flow-grpo"]
+GRPO_POINTS = ["exit:generate@1", "mid:train@1"]
+
+
 def agent(runs_dir: Path, *args: str, failpoint: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PHYLOOP_FAILPOINT", None)
@@ -70,8 +76,8 @@ def reference(tmp_path_factory):
     return snapshot(runs)
 
 
-def crash_and_resume(tmp_path: Path, point: str, reference: dict) -> None:
-    res = agent(tmp_path, *ARGS, failpoint=point)
+def crash_and_resume(tmp_path: Path, point: str, reference: dict, args: list[str] = ARGS) -> None:
+    res = agent(tmp_path, *args, failpoint=point)
     assert res.returncode == -signal.SIGKILL, f"{point}: expected SIGKILL, got {res.returncode}\n{res.stderr[-2000:]}"
     res = agent(tmp_path, "--resume", "r", "--plain")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -87,3 +93,16 @@ def test_kill_and_resume(tmp_path, reference, point):
 @pytest.mark.parametrize("point", SLOW)
 def test_kill_and_resume_everywhere(tmp_path, reference, point):
     crash_and_resume(tmp_path, point, reference)
+
+
+@pytest.fixture(scope="module")
+def grpo_reference(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("grpo-ref")
+    res = agent(runs, *GRPO_ARGS)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return snapshot(runs)
+
+
+@pytest.mark.parametrize("point", GRPO_POINTS)
+def test_flow_grpo_kill_and_resume(tmp_path, grpo_reference, point):
+    crash_and_resume(tmp_path, point, grpo_reference, GRPO_ARGS)

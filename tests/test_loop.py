@@ -385,3 +385,28 @@ def test_a_judge_that_comes_back_is_asked_again_and_allow_empty_round_closes_it(
         assert row[0] == 0 and '"empty_round": true' in row[1]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("objective, extra", [("diffusion-nft", ["train.reference='round-start'"]),
+                                              ("flow-grpo", [])])
+def test_the_peer_baselines_run_in_the_same_loop(tmp_path, objective, extra):
+    """DiffusionNFT and Flow-GRPO train in the loop on the same rounds; Flow-GRPO's training clips
+    come from the SDE sampler (each with its stored trajectory), the evaluation clips never do."""
+    from agent.runtime import read_trajectory
+
+    cfg = start(tmp_path, "peer", ["rounds=1", f"train.objective='{objective}'", *extra])
+    loop.execute("peer", cfg)
+    store = open_store(tmp_path)
+    try:
+        summary = next(store.db["train_summaries"].rows_where("run = ?", ["peer"]))
+        assert summary["objective"] == objective and summary["groups_used"] > 0
+        steps = store.train_steps("peer", 1)
+        assert len(steps) == cfg.train.steps and all(s["loss"] is not None for s in steps)
+        run_dir = tmp_path / "peer"
+        train = store.videos("peer", 1, split="train", kind="generated")
+        held = store.videos("peer", 1, split="heldout")
+        with_traj = [v for v in train if v["latent_path"] and read_trajectory(run_dir / v["latent_path"])]
+        assert len(with_traj) == (len(train) if objective == "flow-grpo" else 0)
+        assert not [v for v in held if v["latent_path"]]
+    finally:
+        store.close()

@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.objectives import (diffusion_nft, flow_dpo, flow_matching_error, gdpo_full, optimality_probability,
-                               pgr_weights, phygdpo, rwr, rwr_weights, sft)
+from policy.objectives import (diffusion_nft, flow_dpo, flow_grpo, flow_matching_error, gaussian_log_prob, gdpo_full,
+                               group_advantages, optimality_probability, pgr_weights, phygdpo, rwr, rwr_weights,
+                               sde_kl, sde_step, sft)
 
 f64 = lambda *x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
 
@@ -249,3 +250,64 @@ def test_diffusion_nft_gradients_push_towards_good_and_away_from_bad():
     assert torch.allclose(grads[1.0] / grads[1.0].norm(), v.grad / v.grad.norm())
     assert torch.allclose(grads[0.0], -grads[1.0])
     assert torch.allclose(grads[0.5], torch.zeros_like(grads[0.5]))
+
+
+# ------------------------------------------------------------------ Flow-GRPO
+def test_sde_step_by_hand():
+    # x = 1, v = 0.5, σ = 0.5 → σ' = 0.25, a = 0.5: s = 0.5·√(0.5/0.5) = 0.5, Δ = −0.25
+    # mean = 1 + (0.5 + 0.25/(2·0.5)·(1 + 0.5·0.5))·(−0.25) = 1 − 0.8125·0.25 = 0.796875; std = 0.5·√0.25 = 0.25
+    mean, std = sde_step(one(1.0), one(0.5), f64(0.5), f64(0.25), noise_level=0.5, sigma_cap=0.9)
+    assert mean.item() == pytest.approx(0.796875) and std.item() == pytest.approx(0.25)
+    # σ = 1 is capped inside the root: s = 0.5·√(1/(1 − 0.9)) = 1.5811388, std = s·√0.1 = 0.5
+    _, std = sde_step(one(0.0), one(0.0), f64(1.0), f64(0.9), noise_level=0.5, sigma_cap=0.9)
+    assert std.item() == pytest.approx(0.5)
+    # no noise: the Euler step of the ODE, x + v·Δ
+    mean, std = sde_step(one(1.0), one(0.5), f64(0.5), f64(0.25), noise_level=0.0, sigma_cap=0.9)
+    assert mean.item() == pytest.approx(1.0 - 0.125) and std.item() == 0.0
+
+
+def test_sde_sampler_keeps_the_odes_marginals():
+    """Gaussian data x0 ~ N(0, 1) has the exact velocity v = (2σ − 1)/D·x, D = (1 − σ)² + σ²; from
+    pure noise both the ODE and the SDE (a = 0.7) must land on unit variance."""
+    g = torch.Generator().manual_seed(0)
+    sig = torch.linspace(1.0, 0.0, 201, dtype=torch.float64)
+    for a in (0.0, 0.7):
+        x = torch.randn(20000, 1, generator=g, dtype=torch.float64)
+        for s, s2 in zip(sig[:-1], sig[1:]):
+            v = (2 * s - 1) / ((1 - s) ** 2 + s ** 2) * x
+            mean, std = sde_step(x, v, s.expand(x.shape[0]), s2.expand(x.shape[0]), noise_level=a,
+                                 sigma_cap=float(sig[1]))
+            x = (mean + std * torch.randn(x.shape, generator=g, dtype=torch.float64)).double()
+        assert x.std().item() == pytest.approx(1.0, abs=0.05), a
+        assert abs(x.mean().item()) < 0.03
+
+
+def test_gaussian_log_prob_and_kl_by_hand():
+    # at the mean: −log σ − ½·log 2π; one σ away: −½ more
+    lp = gaussian_log_prob(torch.tensor([[0.0, 0.1]]), torch.zeros(1, 2), torch.tensor([[0.1, 0.1]]))
+    assert lp.item() == pytest.approx(-math.log(0.1) - 0.5 * math.log(2 * math.pi) - 0.25)
+    # means 0.2 apart, std 0.1: 0.04 / (2·0.01) = 2
+    assert sde_kl(torch.full((1, 3), 0.2), torch.zeros(1, 3), torch.full((1, 3), 0.1)).item() == pytest.approx(2.0)
+
+
+def test_group_advantages_by_hand():
+    a = group_advantages(f64(0.0, 1.0), eps=0.0)
+    assert torch.allclose(a, torch.tensor([-1.0, 1.0]))
+    # (0, 0, 0, 1): (1 − ¼)/0.4330127 = 1.7320508 clipped to 1.5; (0 − ¼)/0.4330127 = −0.5773503
+    a = group_advantages(f64(0.0, 0.0, 0.0, 1.0), adv_clip=1.5, eps=0.0)
+    assert torch.allclose(a, torch.tensor([-0.5773503, -0.5773503, -0.5773503, 1.5]), atol=1e-6)
+    assert torch.equal(group_advantages(f64(0.4, 0.4)), torch.zeros(2))
+
+
+def test_flow_grpo_clipped_ratio_by_hand():
+    lp, old = f64(math.log(1.5), math.log(1.5), 0.0), f64(0.0, 0.0, 0.0)
+    # A = 1: max(−1.5, −1.2) = −1.2;  A = −1: max(1.5, 1.2) = 1.5;  ρ = 1, A = 2: −2 → mean (−1.2 + 1.5 − 2)/3
+    loss, diag = flow_grpo(lp, old, f64(1.0, -1.0, 2.0), clip_range=0.2)
+    assert loss.item() == pytest.approx((-1.2 + 1.5 - 2.0) / 3)
+    assert diag["clip_fraction"].item() == pytest.approx(2 / 3) and diag["kl"] is None
+    # the clipped sample (A > 0, ρ > 1 + ε) gets no gradient; the others do
+    lp = lp.clone().requires_grad_(True)
+    flow_grpo(lp, old, f64(1.0, -1.0, 2.0), clip_range=0.2)[0].backward()
+    assert lp.grad[0] == 0 and lp.grad[1] != 0 and lp.grad[2] != 0
+    loss, diag = flow_grpo(f64(0.0), f64(0.0), f64(1.0), clip_range=0.2, kl=f64(2.0), kl_beta=0.5)
+    assert loss.item() == pytest.approx(-1.0 + 1.0) and diag["kl"].item() == 2.0

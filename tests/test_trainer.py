@@ -189,6 +189,9 @@ def test_divergence_guard_rules():
     assert "rose for 3" in guard.update(1.3, None)
     guard = _DivergenceGuard(cfg)
     assert guard.update(math.nan, None) is None and "non-finite" in guard.update(math.inf, None)
+    # a loss centred on 0 (flow-grpo) has no scale to be a factor of: only the other rules apply
+    guard = _DivergenceGuard(config(guard_loss_factor=10.0, guard_baseline_steps=2, guard_patience=2))
+    assert [guard.update(x, None) for x in (-0.5, 0.3, 0.2, 0.4, 0.1)] == [None] * 5
 
 
 def test_save_and_resume_continue_identically(tmp_path):
