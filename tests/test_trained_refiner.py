@@ -96,7 +96,6 @@ def test_grpo_calls_the_reward_with_the_prompts_and_moves_the_weights(tiny):
     assert all(set(o) <= set(prompts) and len(o) == 4 for o, _ in seen) and [s for _, s in seen] == [0, 1]
 
 
-@pytest.mark.slow  # its margins vary between machines (CI saw a lower one): run with -m slow until made robust
 def test_grpo_raises_a_reward_the_sft_model_can_reach():
     """GRPO's sign and plumbing: starting from the shipped SFT stage, a reward for throws to the left
     only raises the share of left throws among sampled rewrites."""
@@ -111,8 +110,11 @@ def test_grpo_raises_a_reward_the_sft_model_can_reach():
     before = left_share()
     rows = grpo(ref, prompts, lambda o, rs, step: [(float("to the left" in (r or "")), 0.0, True) for r in rs],
                 GRPOSettings(steps=12, prompts_per_step=5, group=8, lr=1e-3, beta=0.0, seed=0))
-    assert rows[-1]["reward"] > rows[0]["reward"]
-    assert left_share() > before + 0.1
+    # The policy after training, sampled afresh (128 rewrites), not the per-step rewards of training:
+    # one step's reward is a mean of 40 samples (sd ≈ 0.08), too noisy to compare two steps (CI saw
+    # the last below the first). Measured here: 0.50 → 0.93.
+    assert len(rows) == 12 and all(0.0 <= r["reward"] <= 1.0 for r in rows)
+    assert left_share() > before + 0.2
 
 
 def test_lora_refiner_saves_an_adapter_and_loads_back(tmp_path, tiny):
