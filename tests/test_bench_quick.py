@@ -32,6 +32,17 @@ def test_compare_objectives_quick(tmp_path):
                                      "--set", "train.steps=2", "--set", "rounds=1"])
     assert [r["reused"] for r in again["runs"]] == ["done"] * 4
     assert [r["curve"] for r in again["runs"]] == [r["curve"] for r in doc["runs"]]
+    # both judges' curves with Wilson bands, from the same result and store
+    import peer_curves
+
+    curves = peer_curves.main([str(out), "--runs-dir", str(tmp_path / "runs"), "--plot", str(tmp_path / "peer.png")])
+    assert set(curves["variants"]) == {"base", "refine-only", "phygdpo", "flow-dpo"}
+    for name, v in curves["variants"].items():
+        assert set(v["judges"]) == {"physics", "synthesis"}, name
+        for pts in v["judges"].values():
+            assert len(pts) == 2 and all(p["n"] > 0 and p["ci"][0] <= p["rate"] <= p["ci"][1] for p in pts)
+    assert curves["variants"]["phygdpo"]["steps_per_round"] == 2
+    assert (tmp_path / "peer.png").stat().st_size > 1000
     # ... and refuses a stored run whose config differs, rather than mixing budgets in one table
     with pytest.raises(SystemExit, match="another config"):
         compare_objectives.main(["--quick", "--variants", "phygdpo", "--keep", "--runs-dir", str(tmp_path / "runs"),
