@@ -66,6 +66,9 @@ def run(
     plain: bool = typer.Option(False, "--plain", help="plain log lines instead of the live dashboard"),
     processes: Optional[int] = typer.Option(None, "--processes", help="processes (one per GPU); the run "
                                             "re-launches itself under torchrun/accelerate with this many"),
+    log_with: List[str] = typer.Option([], "--log-with", help="experiment tracker: tensorboard or wandb "
+                                       "(repeatable; files under runs/<name>/logs; wandb offline without "
+                                       "WANDB_API_KEY); the same as --set log.trackers=[...]"),
 ):
     """Run the self-improvement loop (the built-in physics world unless the preset says otherwise)."""
     from agent import loop
@@ -80,9 +83,9 @@ def run(
         fail("`agent run` launches its own processes (--processes N or the preset's `processes`); "
              "do not start it under torchrun or accelerate launch")
     if resume is not None:
-        if overrides or dry_run or name or processes is not None:
-            fail("--resume takes the run's stored config; do not combine it with --set, --name, --processes "
-                 "or --dry-run")
+        if overrides or dry_run or name or processes is not None or log_with:
+            fail("--resume takes the run's stored config; do not combine it with --set, --name, --processes, "
+                 "--log-with or --dry-run")
         rdir = runs_dir or "runs"
         try:
             cfg = loop.load_run_config(resume, rdir)
@@ -103,6 +106,8 @@ def run(
         extra.append(f"processes={processes}")
     if runs_dir is not None:
         extra.append(f"runs_dir={json.dumps(runs_dir)}")
+    if log_with:
+        extra.append(f"log.trackers={json.dumps(list(dict.fromkeys(log_with)))}")
     try:
         cfg, _ = load_config(preset, extra)
     except ConfigError as e:
@@ -146,6 +151,11 @@ def _check_backends(cfg) -> None:
         path = Path(cfg.refine.refiner or DEFAULT_REFINER)
         if not is_refiner_dir(path):
             fail(f"refine.refiner {str(path)!r} holds no trained refiner (build one with scripts/build_refiner.py)")
+    import importlib.util
+
+    for tracker in cfg.log.trackers:
+        if importlib.util.find_spec(tracker) is None:
+            fail(f"log.trackers has {tracker!r} but the {tracker} package is not installed (pip install {tracker})")
     if cfg.generate.backend == "wan":
         from policy.wan import ModelNotFound, resolve_model
 
@@ -256,14 +266,24 @@ def replay(run: str = typer.Argument(..., help="run name"),
            delay: float = typer.Option(0.0, "--delay", help="seconds to pause between rounds"),
            export: Optional[Path] = typer.Option(None, "--export", help="also write the final dashboard to "
                                                  "FILE.svg or FILE.html"),
+           plot: Optional[Path] = typer.Option(None, "--plot", help="write the learning curves (every judge, "
+                                               "Wilson bands; the training loss) to FILE.png instead"),
            runs_dir: str = _runs_dir_opt()):
     """Re-render the dashboard round by round from the store alone (no model is loaded)."""
-    from agent.replay import replay_run
+    from agent.replay import plot_curves, replay_run
 
     if export is not None and export.suffix.lower() not in (".svg", ".html"):
         fail(f"--export must end in .svg or .html, got {export.name!r}")
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        fail(f"--plot must end in .png, .svg or .pdf, got {plot.name!r}")
     store = _open_run(run, runs_dir)
     try:
+        if plot is not None:
+            try:
+                print(f"wrote {plot_curves(store, run, plot)}")
+            except ValueError as e:
+                fail(str(e))
+            return
         replay_run(store, run, Console(record=export is not None), delay=delay, export=export)
     finally:
         store.close()

@@ -169,6 +169,16 @@ class LoopTrainConfig(TrainConfig):
         "by default the run stops with an error after judging the round's clips once more")
 
 
+class LogConfig(_Model):
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers (through accelerate's): per step the training "
+        "diagnostics, per round both judges' held-out joint success with CIs and winner/loser frame grids. "
+        "wandb runs offline unless WANDB_API_KEY is set (and needs `pip install wandb`)")
+    logging_dir: str | None = Field(None, description="where tracker files go (default: <runs_dir>/<run>/logs)")
+    grids: int = Field(2, ge=0, description="winner-vs-loser frame grids logged per round")
+    wandb_project: str = Field("phyloop", description="the Weights & Biases project")
+
+
 class RunConfig(_Model):
     rounds: int = Field(5, ge=1)
     seed: int = 0
@@ -189,6 +199,7 @@ class RunConfig(_Model):
     winner: WinnerConfig = WinnerConfig()
     train: LoopTrainConfig = LoopTrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _coherent(self) -> "RunConfig":

@@ -131,6 +131,8 @@ def execute(name: str, cfg: RunConfig, *, ui=None, resume: bool = False) -> dict
             rt.stop()
         return final
     finally:
+        if "tracking" in rt.__dict__:  # started: flush and close the trackers' files
+            rt.tracking.finish()
         conn.close()
         store.close()
 

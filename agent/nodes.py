@@ -106,6 +106,7 @@ class Nodes:
         evaluate_all(rt, 0)
         rt.flush_profile(0)
         rt.store.finish_round(rt.run, 0)
+        rt.log_round(0)
         rt.ui.round_done(rt.run)
         return {"round": 0}
 
@@ -267,6 +268,7 @@ class Nodes:
                 current, s = self._empty_round(state, dataset, s)
             groups += current
             skipped.update(s)
+            self._log_grids(k, current)
             rt._train_round = k
             summary = rt.train_round(groups)
             rt._train_round = None
@@ -293,6 +295,21 @@ class Nodes:
                     rt.store.record_event(rt.run, "diverged_restored", round=k, stage="train",
                                           message=summary.stop_reason or "")
         return {}
+
+    def _log_grids(self, k: int, groups: list) -> None:
+        """A few of the round's groups to the trackers: the winner's frames above its worst-scored loser's."""
+        rt, n = self.rt, self.rt.config.log.grids
+        if not rt.config.log.trackers or not n or not groups:
+            return
+        import torch
+
+        pairs = []
+        with rt.timing("model"):
+            for g in groups[:n]:
+                worst = int((g.loser_sa + g.loser_pc).argmin())
+                w, l = rt.generator.decode_latents(torch.stack([g.winner, g.losers[worst]]))
+                pairs.append((g.prompt, w, l))
+        rt.tracking.grids(k, pairs)
 
     def _empty_round(self, state: LoopState, dataset: dict, skipped: Counter) -> tuple[list, Counter]:
         """No group of this round is trainable: say so, judge the round's clips once more (a judge
@@ -330,6 +347,7 @@ class Nodes:
                 raise RuntimeError(f"round {k}: the adapter is missing or does not match its hash")
         rt.flush_profile(k)
         rt.store.finish_round(rt.run, k)
+        rt.log_round(k)
         rt.ui.round_done(rt.run)
         return {"round": k}
 

@@ -130,3 +130,63 @@ def print_round(store, run: str, k: int, console: Console) -> None:
         console.print("[bold yellow]faults[/] " + ", ".join(f"{kind}: {n}" for kind, n in faults.items()))
     else:
         console.print("[bold]faults[/] none")
+
+
+def plot_curves(store, run: str, path: Path) -> Path:
+    """The run's learning curves from the store alone (``agent replay RUN --plot FILE.png``): per
+    evaluation split, every judge's joint success per round with its Wilson 95 % band (the training
+    judge solid, others dashed); and the training loss of every step, rounds one after another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agent.dashboard import judge_label
+    from agent.stats import wilson
+
+    metrics = store.round_metrics(run)
+    if not metrics:
+        raise ValueError(f"run {run!r} has no finished round to plot")
+    training = judge_label((store.get_run(run) or {}).get("config") or {})
+    curves: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+    for m in metrics:
+        for e in m["evaluations"]:
+            if not e["refine"] and e["n"]:
+                curves[(e["split"], e["judge"])].append((m["round"], int(e["n_success"] or 0), int(e["n"])))
+    splits = sorted({s for s, _ in curves}, key=lambda s: ("heldout", "seen", "paraphrase").index(s)
+                    if s in ("heldout", "seen", "paraphrase") else 9)
+    fig, axes = plt.subplots(1, len(splits) + 1, figsize=(4.5 * (len(splits) + 1), 4), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for (s, judge), pts in sorted(curves.items()):
+            if s != split:
+                continue
+            ks = [k for k, _, _ in pts]
+            rate = [100 * x / n for _, x, n in pts]
+            band = [wilson(x, n) for _, x, n in pts]
+            line, = ax.plot(ks, rate, marker="o", ls="-" if judge == training else "--",
+                            label=judge + (" (training)" if judge == training else ""))
+            ax.fill_between(ks, [100 * lo for lo, _ in band], [100 * hi for _, hi in band],
+                            color=line.get_color(), alpha=0.12)
+        ax.set_title(f"{split}: joint success (%)")
+        ax.set_xlabel("round")
+        ax.set_xticks(sorted({k for (s, _), pts in curves.items() if s == split for k, _, _ in pts}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[0][-1]
+    x = 0
+    for m in metrics[1:]:
+        steps = [s for s in store.train_steps(run, m["round"]) if s["loss"] is not None]
+        if steps:
+            ax.plot(range(x, x + len(steps)), [s["loss"] for s in steps], lw=0.8, color="tab:blue")
+            ax.axvline(x, color="grey", lw=0.5, alpha=0.5)
+            x += len(steps)
+    ax.set_title("training loss per step (rounds in turn)")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"run {run}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -96,6 +96,25 @@ class Runtime:
             return Trainer(generator.transformer, self.config.train, on_step=self._on_train_step)
 
     @cached_property
+    def tracking(self):
+        """The run's experiment trackers (``log.trackers``; none by default), started with its config."""
+        from agent.config import dump
+        from agent.tracking import Tracking
+
+        t = Tracking(self.config.log, self.run, self.layout.run_dir)
+        if t.active:
+            t.config(dump(self.config))
+        return t
+
+    def log_round(self, k: int) -> None:
+        """Send a finished round's evaluation (from the store) to the trackers."""
+        if not self.config.log.trackers:
+            return
+        detail = self.store.round_detail(self.run, k) or {}
+        metrics = next((m for m in self.store.round_metrics(self.run) if m["round"] == k), None)
+        self.tracking.round(k, detail, metrics)
+
+    @cached_property
     def judge(self):
         return make_judge(self.config.judge)
 
@@ -190,6 +209,8 @@ class Runtime:
             extra={"t_mean": rec.get("t_mean"), "saturated": _finite(rec.get("saturated")),
                    "seconds": rec.get("seconds"), "loss_raw": repr(rec.get("loss")),
                    **{k: _finite(rec[k]) for k in PEER_DIAGNOSTICS if rec.get(k) is not None}})
+        if self.config.log.trackers:
+            self.tracking.step(rec)
         self.ui.advance(rec["step"] + 1, self.config.train.steps)
         if rec["step"] + 1 == max(1, self.config.train.steps // 2):
             from agent.failpoints import failpoint
