@@ -209,6 +209,13 @@ class RunConfig(_Model):
             raise ValueError("train.objective = 'flow-grpo' needs the SDE sampler with per-step log-probabilities, "
                              "which only the built-in world's generator has (generate.backend = 'toy'); see the "
                              "README, 'Peer baselines', for what Wan's pipeline would need")
+        if self.train.objective == "flow-grpo" and self.refine.distil:
+            raise ValueError("train.objective = 'flow-grpo' trains the likelihood of the steps it sampled under the "
+                             "prompt it sampled with; refine.distil (train on the original prompt) cannot apply")
+        if self.train.objective == "flow-grpo" and self.train.replay_rounds:
+            raise ValueError("train.objective = 'flow-grpo' compares with the log-probabilities of the policy that "
+                             "sampled the round; earlier rounds' rollouts (train.replay_rounds) were sampled by "
+                             "another one")
         if self.evaluate.judge is None and self.data.source == "world" and self.judge.backend != "vlm":
             # two judges built differently fail in different places: the other one evaluates
             other = "synthesis" if self.judge.backend == "physics" else "physics"

@@ -71,7 +71,7 @@ def _round_groups(rt: Runtime, k: int, dataset: dict, replayed: bool = False) ->
             trajs = rt.rollouts_for([vs[i] for i in judged])
             sample.rollouts = {"latents": torch.stack([t["latents"] for t in trajs]),
                                "log_probs": torch.stack([t["log_probs"] for t in trajs]),
-                               "sigmas": trajs[0]["sigmas"],
+                               "sigmas": trajs[0]["sigmas"], "noise_level": trajs[0].get("noise_level"),
                                "reward": torch.tensor([cands[i].score for i in judged], dtype=torch.float32)}
         groups.append(sample)
     return groups, skipped

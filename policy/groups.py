@@ -131,5 +131,7 @@ def build_group_sample(plan: GroupPlan, *, text: torch.Tensor, generated: torch.
         loser_sa=torch.tensor([cands[i].sa for i in idx], dtype=torch.float32),
         loser_pc=torch.tensor([cands[i].pc for i in idx], dtype=torch.float32),
         prompt=prompt,
-        meta={"winner": plan.winner, "winner_index": plan.winner_index, "losers": idx},
+        meta={"winner": plan.winner, "winner_index": plan.winner_index, "losers": idx,
+              # a generated winner's own judge score (DiffusionNFT weighs it among its group's clips)
+              "winner_score": None if plan.winner == "real" else cands[plan.winner_index].score},
     )

@@ -395,7 +395,8 @@ def group_advantages(reward: Tensor, *, adv_clip: float = 5.0, eps: float = 1e-4
 
 def sde_kl(mean: Tensor, mean_ref: Tensor, std: Tensor) -> Tensor:
     """KL between the policy's and the reference's Gaussian steps (same std), averaged over elements:
-    ``mean((μθ − μψ)²) / (2·std²)`` → ``(B,)``."""
+    ``mean((μθ − μψ)²) / (2·std²)`` → ``(B,)``. This is the exact KL of the step; flow_grpo's code
+    divides by the diffusion's s² without the step's |Δ|, so its β equals this β·|Δ|."""
     return ((mean.float() - mean_ref.float()).pow(2).flatten(1).mean(dim=1)
             / (2.0 * std.float().flatten(1).mean(dim=1).pow(2)))
 

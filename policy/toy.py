@@ -410,7 +410,8 @@ class ToyGenerator(AdapterIO):
             x = mean + std * eps if s_next > 0 else mean  # the last step lands on the clean clip
             lps.append(gaussian_log_prob(x, mean, std).cpu() if s_next > 0 else torch.zeros(x.shape[0]))
             xs.append(x.cpu())
-        return x.cpu(), {"latents": torch.stack(xs, dim=1), "log_probs": torch.stack(lps, dim=1), "sigmas": sigmas}
+        return x.cpu(), {"latents": torch.stack(xs, dim=1), "log_probs": torch.stack(lps, dim=1), "sigmas": sigmas,
+                         "noise_level": torch.tensor(float(noise_level))}
 
     def noise(self, seed: int) -> torch.Tensor:
         """The starting noise of the clip with this seed, ``(3, T, H, W)``."""
@@ -459,7 +460,8 @@ class ToyGenerator(AdapterIO):
                         prompt=prompts[i], seed=seed, video=videos[k], latent=latents[k], text=text[i].clone(),
                         trajectory=None if traj is None else {"latents": traj["latents"][k].clone(),
                                                               "log_probs": traj["log_probs"][k].clone(),
-                                                              "sigmas": traj["sigmas"].clone()}))
+                                                              "sigmas": traj["sigmas"].clone(),
+                                                              "noise_level": traj["noise_level"].clone()}))
                 if progress is not None:
                     progress(start + len(chunk), len(jobs))
         finally:

@@ -169,6 +169,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"AdamW betas must be in [0, 1), got {self.betas}")
+        if self.objective == "flow-grpo" and self.mixed_precision == "bf16":
+            raise ValueError("train.objective = 'flow-grpo' compares log-probabilities with the fp32 sampler's to "
+                             "1e-4; train it in fp32 (mixed_precision = 'no')")
         if self.objective == "diffusion-nft" and self.reference != "round-start":
             raise ValueError("train.objective = 'diffusion-nft' needs train.reference = 'round-start': its v_old "
                              f"is the policy that sampled the round, not {self.reference!r}")
@@ -234,6 +237,7 @@ class _Batch:
     owner: Tensor
     slot: Tensor
     r: Tensor | None = None  # diffusion-nft: each drawn loser's optimality probability within its group
+    r_winner: Tensor | None = None  # diffusion-nft: the winner's (1 for a real video)
 
 
 @dataclass
@@ -425,11 +429,12 @@ class Trainer:
             sa = torch.stack([g.loser_sa[j].float() for g, j in zip(chosen, js)])
             pc = torch.stack([g.loser_pc[j].float() for g, j in zip(chosen, js)])
             owner = slot = torch.arange(B)
-        r = None
-        if self.config.objective == "diffusion-nft":  # r of the drawn loser among ALL of its group's clips
-            r = torch.stack([obj.optimality_probability((g.loser_sa + g.loser_pc).float() / 2.0,
-                                                        adv_clip=self.config.nft_adv_clip)[j]
-                             for g, j in zip(chosen, js)]).to(self.device)
+        r = r_winner = None
+        if self.config.objective == "diffusion-nft":
+            rs = [self._nft_r(g) for g in chosen]
+            r = torch.stack([x[j] for x, j in zip(rs, js)]).to(self.device)
+            r_winner = torch.stack([x[-1] if g.meta.get("winner_score") is not None else x.new_tensor(1.0)
+                                    for x, g in zip(rs, chosen)]).to(self.device)
         winners = torch.stack([g.winner for g in chosen])
         dev = self.device
         return _Batch(
@@ -437,7 +442,15 @@ class Trainer:
             winners=winners.to(dev, torch.float32, non_blocking=True),
             losers=losers.to(dev, torch.float32, non_blocking=True),
             sa=sa.to(dev), pc=pc.to(dev), m=torch.tensor(ms, dtype=torch.float32, device=dev),
-            t=t.to(dev), noise=noise.to(dev, non_blocking=True), owner=owner.to(dev), slot=slot.to(dev), r=r)
+            t=t.to(dev), noise=noise.to(dev, non_blocking=True), owner=owner.to(dev), slot=slot.to(dev), r=r, r_winner=r_winner)
+
+    def _nft_r(self, g: GroupSample) -> Tensor:
+        """Optimality probabilities of a group's judged clips: its losers in order, then a generated
+        winner's (when the winner is generated, it is one of the group's clips too)."""
+        reward = (g.loser_sa + g.loser_pc).float() / 2.0
+        if g.meta.get("winner_score") is not None:
+            reward = torch.cat([reward, reward.new_tensor([float(g.meta["winner_score"])])])
+        return obj.optimality_probability(reward, adv_clip=self.config.nft_adv_clip)
 
     def _sample_rollouts(self, chosen: list[GroupSample], gen: torch.Generator) -> _RolloutBatch:
         """Per group ``grpo_draws_per_group`` (clip, step) draws, uniform over the group's rollouts and
@@ -448,10 +461,16 @@ class Trainer:
         for g in chosen:
             r = g.rollouts
             n, steps = r["log_probs"].shape
+            if steps < 2:
+                raise ValueError("flow-grpo needs at least 2 sampling steps: the last one is deterministic")
+            level = r.get("noise_level")
+            if level is not None and abs(float(level) - self.config.grpo_noise_level) > 1e-6:
+                raise ValueError(f"rollouts were sampled at SDE noise level {float(level)} but "
+                                 f"train.grpo_noise_level is {self.config.grpo_noise_level}")
             adv = obj.group_advantages(r["reward"], adv_clip=self.config.grpo_adv_clip)
             for _ in range(k):
                 j = int(torch.randint(n, (1,), generator=gen))
-                s = int(torch.randint(max(1, steps - 1), (1,), generator=gen))
+                s = int(torch.randint(steps - 1, (1,), generator=gen))
                 draws.append((g, j, s, adv[j]))
         part = rank_slice(len(chosen), acc.num_processes, acc.process_index)
         draws = draws[part.start * k:part.stop * k]
@@ -511,11 +530,11 @@ class Trainer:
 
     def _nft(self, b: _Batch) -> tuple[Tensor, obj.Diagnostics]:
         """DiffusionNFT on the drawn generated clips (r within their group) and, with ``nft_real``, the
-        winners at r = 1; v_old is ψ, the round-start policy. Same samples per step as phygdpo."""
+        winners (a real video at r = 1, a generated winner at its own r); v_old is ψ, the round-start policy. Same samples per step as phygdpo."""
         cfg, B = self.config, b.winners.shape[0]
         if cfg.nft_real:
             idx = torch.cat([torch.arange(B, device=self.device), b.owner])
-            x0, r = torch.cat([b.winners, b.losers]), torch.cat([torch.ones(B, device=self.device), b.r])
+            x0, r = torch.cat([b.winners, b.losers]), torch.cat([b.r_winner, b.r])
         else:
             idx, x0, r = b.owner, b.losers, b.r
         x1, t, text = b.noise[idx], b.t[idx], b.text[idx]

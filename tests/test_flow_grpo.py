@@ -143,4 +143,10 @@ def test_flow_grpo_is_refused_on_wan_with_a_reason():
     from agent.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="SDE sampler"):
-        load_config("wan2.1-1.3b", ["train.objective='flow-grpo'"])
+        load_config("wan2.1-1.3b", ["train.objective='flow-grpo'", "train.mixed_precision='no'"])
+
+
+def test_rollouts_sampled_at_another_noise_level_are_refused(gen):
+    trainer = Trainer(gen.transformer, grpo_config(steps=1, grpo_noise_level=0.5))
+    with pytest.raises(ValueError, match="noise level"):
+        trainer.train_round(rollout_groups(gen, n=1))

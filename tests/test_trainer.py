@@ -361,3 +361,25 @@ def test_diffusion_nft_step_uses_as_many_samples_as_phygdpo():
         Trainer(model, config(objective=objective, steps=1, **extra)).train_round(make_groups())
         sizes[objective] = seen
     assert sizes["phygdpo"] == sizes["diffusion-nft"] == [4, 4]  # ψ then θ, 2 groups × (winner + loser)
+
+
+def test_diffusion_nft_weighs_a_generated_winner_among_its_groups_clips():
+    """Without a real video the winner is the group's best clip: r is computed over all judged clips,
+    the winner included (it gets its own r, not 1), so the best loser is not taken for the best."""
+    trainer = Trainer(tiny_transformer(), config(objective="diffusion-nft", reference="round-start", nft_adv_clip=1.0))
+    g = make_groups(n=1, m=2)[0]
+    g.loser_sa, g.loser_pc = torch.tensor([0.5, 0.0]), torch.tensor([0.5, 0.0])
+    assert torch.allclose(trainer._nft_r(g), torch.tensor([1.0, 0.0]))  # losers alone: (0.5, 0) looks like (best, worst)
+    g.meta = {"winner": "generated", "winner_score": 1.0}
+    # rewards (0.5, 0, 1): mean ½, std 0.4082483 → A = (0, −1.2247449, 1.2247449), clipped at 1
+    assert torch.allclose(trainer._nft_r(g), torch.tensor([0.5, 0.0, 1.0]))
+
+
+def test_flow_grpo_settings_that_cannot_hold_are_refused():
+    from agent.config import ConfigError, load_config
+
+    with pytest.raises(ValidationError, match="fp32"):
+        config(objective="flow-grpo", mixed_precision="bf16")
+    for extra, why in (("refine.distil=true", "distil"), ("train.replay_rounds=1", "replay_rounds")):
+        with pytest.raises(ConfigError, match=why):
+            load_config("smoke", ["train.objective='flow-grpo'", extra])
