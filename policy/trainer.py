@@ -284,7 +284,9 @@ class _DivergenceGuard:
             base = float(np.mean(self.losses))
             if self.chance:
                 base = max(base, float(np.mean(self.chance)))
-            if base > 0:  # a ratio to a loss that can be ≤ 0 (flow-grpo's centred advantages) means nothing
+            # a multiple of a loss centred on 0 (flow-grpo: −A·ρ with group-centred advantages) means nothing:
+            # its early mean is as likely ±0.1 as anything, and any later batch can be 10× that
+            if base > 0 and self.c.objective != "flow-grpo":
                 limits.append(self.c.guard_loss_factor * base)
         return min(limits) if limits else math.inf
 

@@ -192,6 +192,9 @@ def test_divergence_guard_rules():
     # a loss centred on 0 (flow-grpo) has no scale to be a factor of: only the other rules apply
     guard = _DivergenceGuard(config(guard_loss_factor=10.0, guard_baseline_steps=2, guard_patience=2))
     assert [guard.update(x, None) for x in (-0.5, 0.3, 0.2, 0.4, 0.1)] == [None] * 5
+    guard = _DivergenceGuard(config(objective="flow-grpo", guard_loss_factor=10.0, guard_baseline_steps=2,
+                                    guard_patience=2))  # even when its first steps happen to average > 0
+    assert [guard.update(x, None) for x in (0.01, 0.02, 0.9, 1.2, 0.8)] == [None] * 5
 
 
 def test_save_and_resume_continue_identically(tmp_path):
